@@ -5,11 +5,41 @@ The public surface, by concept:
 - SDEs: :class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`, :class:`ReverseSDE`.
 - Scores: :func:`get_score_fn`.
 - Toy data with exact scores: :class:`GaussianMixture`.
+- Likelihood: :func:`log_likelihood`, :func:`bits_per_dim`, :func:`encode`,
+  :func:`drift_and_divergence`, dataset bits/dim :func:`evaluate_bits_per_dim`.
+- Training: losses (:func:`dsm_loss`, :func:`smld_loss`, :func:`ddpm_loss`,
+  :func:`get_model_loss_fn`), :class:`TrainState`, :func:`make_optimizer`,
+  :func:`make_train_step`, :class:`CheckpointManager`, the loop :func:`run_training`.
+- Networks and checkpoint conversion: :mod:`scoresde.models` (``from_config``,
+  ``from_score_sde_pytorch``).
 """
 
+from scoresde import checkpoints, likelihood, losses, models, train_loop
+from scoresde.checkpoints import CheckpointManager, CheckpointWarning
+from scoresde.likelihood import (
+    bits_per_dim,
+    drift_and_divergence,
+    encode,
+    log_likelihood,
+)
+from scoresde.likelihood_eval import DatasetBitsPerDim, evaluate_bits_per_dim
+from scoresde.losses import ddpm_loss, dsm_loss, get_model_loss_fn, smld_loss
 from scoresde.mixture import GaussianMixture
 from scoresde.score import get_score_fn
 from scoresde.sde import SDE, T_FINAL, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE
+from scoresde.train import (
+    NonFiniteLossError,
+    TrainState,
+    TrainStep,
+    data_mesh,
+    ema_update,
+    initialize_distributed,
+    make_optimizer,
+    make_train_step,
+    process_batch_slice,
+    replicate,
+)
+from scoresde.train_loop import run_training
 
 __version__ = "0.1.0.dev0"
 
@@ -23,4 +53,32 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "get_score_fn",
+    "bits_per_dim",
+    "drift_and_divergence",
+    "encode",
+    "evaluate_bits_per_dim",
+    "DatasetBitsPerDim",
+    "likelihood",
+    "log_likelihood",
+    "CheckpointManager",
+    "CheckpointWarning",
+    "NonFiniteLossError",
+    "TrainState",
+    "TrainStep",
+    "checkpoints",
+    "data_mesh",
+    "ddpm_loss",
+    "dsm_loss",
+    "ema_update",
+    "get_model_loss_fn",
+    "initialize_distributed",
+    "losses",
+    "make_optimizer",
+    "make_train_step",
+    "process_batch_slice",
+    "replicate",
+    "run_training",
+    "smld_loss",
+    "train_loop",
+    "models",
 ]

@@ -1,0 +1,1 @@
+"""Experiments: configs and benchmarks; configs are loaded by path (see scoresde.config_loading)."""

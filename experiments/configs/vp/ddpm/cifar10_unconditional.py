@@ -1,0 +1,50 @@
+r"""DDPM on CIFAR-10 32x32, VP SDE, discrete timesteps (DDPM).
+
+The network gets no time label (model.conditional = False).
+
+Run:
+    scoresde train --config experiments/configs/vp/ddpm/cifar10_unconditional.py \
+        --workdir runs/vp_ddpm_cifar10_unconditional
+Tiny smoke variant:
+    scoresde train --config experiments/configs/vp/ddpm/cifar10_unconditional.py:smoke \
+        --workdir /tmp/smoke
+
+Reference: score_sde configs/vp/ddpm/cifar10_unconditional.py (Song et al., ICLR 2021).
+"""
+
+from __future__ import annotations
+
+from experiments.configs import common
+
+
+def get_config(arg: str | None = None):
+    """The config; `arg` "smoke" gives the tiny variant."""
+    config = common.cifar10_defaults()
+
+    training = config.training
+    training.sde = "vpsde"
+    training.continuous = False
+    training.reduce_mean = True
+
+    sampling = config.sampling
+    sampling.method = "pc"
+    sampling.predictor = "ancestral_sampling"
+    sampling.corrector = "none"
+
+    data = config.data
+    data.centered = True
+
+    model = config.model
+    model.name = "ddpm"
+    model.scale_by_sigma = False
+    model.ema_rate = 0.9999
+    model.normalization = "GroupNorm"
+    model.nonlinearity = "swish"
+    model.nf = 128
+    model.ch_mult = (1, 2, 2, 2)
+    model.num_res_blocks = 2
+    model.attn_resolutions = (16,)
+    model.resamp_with_conv = True
+    model.conditional = False
+
+    return common.finalize(config, arg)

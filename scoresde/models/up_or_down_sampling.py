@@ -1,0 +1,268 @@
+r"""FIR resampling of NHWC images: ``upfirdn2d`` and the up/down-sampling built on it.
+
+``upfirdn2d(x, k, up, down, pad)`` is the operation of StyleGAN2 (Karras et al., 2020) that
+NCSN++ (Song et al., 2021) uses for anti-aliased resampling:
+
+1. insert ``up - 1`` zeros after every pixel (both spatial axes),
+2. zero-pad by ``pad = (p0, p1)`` (before, after) on both spatial axes (negative = crop),
+3. convolve (true convolution, the kernel flipped) with the 2-D kernel ``k``, per channel,
+4. keep every ``down``-th pixel.
+
+All of it is one depthwise ``lax.conv_general_dilated`` (``lhs_dilation=up`` does the zero
+insertion, ``window_strides=down`` the decimation, ``feature_group_count=C`` keeps channels
+apart), so XLA sees a single fusable convolution and no Python loops.
+
+A 1-D kernel ``k`` of length K becomes the separable 2-D kernel :math:`k k^\top / (\sum k)^2`.
+The default ``(1, 3, 3, 1)`` is the binomial filter of the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+#: The reference's FIR kernel (a binomial filter).
+DEFAULT_FIR_KERNEL = (1, 3, 3, 1)
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:
+    r"""Turns a 1-D or 2-D FIR kernel into a normalized 2-D float32 kernel.
+
+    A 1-D kernel :math:`k` becomes :math:`k k^\top`; the result is divided by its sum.
+
+    Example:
+      >>> setup_kernel([1, 1]).tolist()
+      [[0.25, 0.25], [0.25, 0.25]]
+    """
+    k = np.asarray(k, dtype=np.float64)
+    if k.ndim == 1:
+        k = np.outer(k, k)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.size == 0:
+        raise ValueError(f"FIR kernel must be 1-D or square 2-D and non-empty, got shape {k.shape}.")
+    total = k.sum()
+    if total == 0:
+        raise ValueError(f"FIR kernel must have a non-zero sum, got {k.tolist()}.")
+    return (k / total).astype(np.float32)
+
+
+def _check_nhwc(x: jax.Array, where: str) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{where}: x must be NHWC with 4 dimensions, got shape {x.shape}.")
+
+
+def _pair(pad: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(pad, int):
+        return pad, pad
+    p0, p1 = pad
+    return int(p0), int(p1)
+
+
+def upfirdn2d(
+    x: jax.Array,
+    kernel: Sequence[Sequence[float]] | np.ndarray | jax.Array,
+    up: int = 1,
+    down: int = 1,
+    pad: int | Sequence[int] = (0, 0),
+) -> jax.Array:
+    r"""Upsample by zero insertion, pad, FIR-filter and downsample an NHWC batch.
+
+    With :math:`\tilde x` the zero-upsampled, padded image,
+    :math:`y[i, j] = \sum_{a,b} \tilde x[d\,i + a, d\,j + b]\; k[K_h-1-a, K_w-1-b]`.
+
+    Args:
+      x: ``(B, H, W, C)``.
+      kernel: the 2-D FIR kernel ``(K_h, K_w)`` (used as given: no normalization here).
+      up: the upsampling factor (>= 1).
+      down: the downsampling factor (>= 1).
+      pad: ``(p0, p1)`` zeros before/after on both spatial axes, or one int; negative crops.
+
+    Returns:
+      ``(B, H', W', C)`` with :math:`H' = \lfloor (H\,up + p_0 + p_1 - K_h)/down \rfloor + 1`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.ones((1, 4, 4, 2))
+      >>> upfirdn2d(x, setup_kernel([1, 3, 3, 1]), down=2, pad=(1, 1)).shape
+      (1, 2, 2, 2)
+    """
+    _check_nhwc(x, "upfirdn2d")
+    if up < 1 or down < 1:
+        raise ValueError(f"upfirdn2d: up and down must be >= 1, got up={up}, down={down}.")
+    k = jnp.asarray(kernel, dtype=x.dtype)
+    if k.ndim != 2:
+        raise ValueError(f"upfirdn2d: kernel must be 2-D, got shape {k.shape}.")
+    p0, p1 = _pair(pad)
+    channels = x.shape[-1]
+    # Flip for a true convolution; one copy of the kernel per channel (depthwise).
+    w = jnp.broadcast_to(k[::-1, ::-1, None, None], (*k.shape, 1, channels))
+    # lhs_dilation leaves no zeros after the last pixel; upfirdn does, so pad them after.
+    padding = ((p0, p1 + up - 1), (p0, p1 + up - 1))
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(down, down),
+        padding=padding,
+        lhs_dilation=(up, up),
+        dimension_numbers=_NHWC,
+        feature_group_count=channels,
+    )
+
+
+def upsample_2d(
+    x: jax.Array, k: Sequence[float] = DEFAULT_FIR_KERNEL, factor: int = 2, gain: float = 1.0
+) -> jax.Array:
+    """Upsamples ``(B, H, W, C)`` to ``(B, factor H, factor W, C)`` with the FIR filter ``k``.
+
+    The kernel is normalized and scaled by ``gain * factor**2`` (keeping the mean intensity);
+    with ``p = K - factor`` the padding is ``((p + 1)//2 + factor - 1, p//2)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> upsample_2d(jnp.ones((1, 4, 4, 3))).shape
+      (1, 8, 8, 3)
+    """
+    kernel = setup_kernel(k) * (gain * factor**2)
+    p = kernel.shape[0] - factor
+    return upfirdn2d(x, kernel, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+
+
+def downsample_2d(
+    x: jax.Array, k: Sequence[float] = DEFAULT_FIR_KERNEL, factor: int = 2, gain: float = 1.0
+) -> jax.Array:
+    """Downsamples ``(B, H, W, C)`` to ``(B, H/factor, W/factor, C)`` with the FIR filter ``k``.
+
+    With ``p = K - factor`` the padding is ``((p + 1)//2, p//2)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> downsample_2d(jnp.ones((1, 4, 4, 3))).shape
+      (1, 2, 2, 3)
+    """
+    kernel = setup_kernel(k) * gain
+    p = kernel.shape[0] - factor
+    return upfirdn2d(x, kernel, down=factor, pad=((p + 1) // 2, p // 2))
+
+
+def upsample_conv_2d(
+    x: jax.Array,
+    w: jax.Array,
+    k: Sequence[float] = DEFAULT_FIR_KERNEL,
+    factor: int = 2,
+    gain: float = 1.0,
+) -> jax.Array:
+    """Fused upsample + convolution: zero-insertion, the conv ``w``, then the FIR filter.
+
+    Equals the transposed convolution of StyleGAN2's ``upsample_conv_2d``: the image is
+    zero-upsampled by ``factor``, cross-correlated with ``w`` (HWIO) over its full support,
+    and filtered with ``k`` (scaled by ``gain * factor**2``) back to ``factor`` times the size.
+
+    Args:
+      x: ``(B, H, W, I)``.
+      w: ``(kh, kw, I, O)`` conv kernel (square).
+      k: 1-D FIR kernel.
+      factor: the upsampling factor.
+      gain: the filter's gain.
+
+    Returns:
+      ``(B, factor H, factor W, O)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> upsample_conv_2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 5))).shape
+      (1, 8, 8, 5)
+    """
+    _check_nhwc(x, "upsample_conv_2d")
+    kh, kw = w.shape[0], w.shape[1]
+    if kh != kw:
+        raise ValueError(f"upsample_conv_2d: w must have a square kernel, got shape {w.shape}.")
+    kernel = setup_kernel(k) * (gain * factor**2)
+    p = (kernel.shape[0] - factor) - (kw - 1)
+    x = lax.conv_general_dilated(
+        x,
+        w.astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
+        lhs_dilation=(factor, factor),
+        dimension_numbers=_NHWC,
+    )
+    return upfirdn2d(x, kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+
+
+def conv_downsample_2d(
+    x: jax.Array,
+    w: jax.Array,
+    k: Sequence[float] = DEFAULT_FIR_KERNEL,
+    factor: int = 2,
+    gain: float = 1.0,
+) -> jax.Array:
+    """Fused FIR filter + strided convolution: blur with ``k``, then conv ``w`` with stride ``factor``.
+
+    With ``p = (K - factor) + (kw - 1)`` the blur pads ``((p + 1)//2, p//2)`` and the conv pads
+    nothing.
+
+    Args:
+      x: ``(B, H, W, I)``.
+      w: ``(kh, kw, I, O)`` conv kernel (square).
+      k: 1-D FIR kernel.
+      factor: the downsampling factor.
+      gain: the filter's gain.
+
+    Returns:
+      ``(B, H / factor, W / factor, O)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> conv_downsample_2d(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 5))).shape
+      (1, 4, 4, 5)
+    """
+    _check_nhwc(x, "conv_downsample_2d")
+    kh, kw = w.shape[0], w.shape[1]
+    if kh != kw:
+        raise ValueError(f"conv_downsample_2d: w must have a square kernel, got shape {w.shape}.")
+    kernel = setup_kernel(k) * gain
+    p = (kernel.shape[0] - factor) + (kw - 1)
+    x = upfirdn2d(x, kernel, pad=((p + 1) // 2, p // 2))
+    return lax.conv_general_dilated(
+        x,
+        w.astype(x.dtype),
+        window_strides=(factor, factor),
+        padding="VALID",
+        dimension_numbers=_NHWC,
+    )
+
+
+def naive_upsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Nearest-neighbour upsampling of ``(B, H, W, C)`` by ``factor``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> naive_upsample_2d(jnp.arange(4.0).reshape(1, 2, 2, 1))[0, :, :, 0].tolist()[0]
+      [0.0, 0.0, 1.0, 1.0]
+    """
+    _check_nhwc(x, "naive_upsample_2d")
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, factor, w, factor, c))
+    return x.reshape(b, h * factor, w * factor, c)
+
+
+def naive_downsample_2d(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Mean-pooling of ``(B, H, W, C)`` over ``factor x factor`` blocks.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> naive_downsample_2d(jnp.arange(4.0).reshape(1, 2, 2, 1)).ravel().tolist()
+      [1.5]
+    """
+    _check_nhwc(x, "naive_downsample_2d")
+    b, h, w, c = x.shape
+    if h % factor or w % factor:
+        raise ValueError(
+            f"naive_downsample_2d: H and W must be divisible by factor={factor}, got {x.shape}."
+        )
+    return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
