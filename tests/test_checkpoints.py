@@ -13,7 +13,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import scoresde as sd
@@ -104,7 +103,7 @@ def test_damaged_newest_checkpoint_falls_back_with_warning(tmp_path, damage):
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
-    """Orbax writes into ``<step>.orbax-checkpoint-tmp*`` and renames: a leftover is no checkpoint."""
+    """Orbax writes ``<step>.orbax-checkpoint-tmp*`` and renames it: a leftover is ignored."""
     with sd.CheckpointManager(tmp_path) as mgr:
         mgr.save(_state(2))
     partial = tmp_path / "checkpoints" / "preemption" / "9.orbax-checkpoint-tmp-1234"

@@ -333,3 +333,19 @@ def test_config_errors():
     toy = {"seed": 0, "training": {"batch_size": 8},
            "data": {"dataset": "TOY2D", "toy": "two_moons", "num_samples": 100}}  # fmt: skip
     assert next(sd_data.train_loader_from_config(toy, **GEOM1))["image"].shape == (1, 8, 2)
+
+
+def test_flat_batches_and_run_training_contract():
+    src = _index_source(17)
+    flat = TrainLoader(src, 8, seed=2, local_device_count=2, process_index=1, process_count=2,
+                       device_axis=False)  # fmt: skip
+    shaped = TrainLoader(src, 8, seed=2, local_device_count=2, process_index=1, process_count=2)
+    b0, s0 = next(flat.batches(None))
+    np.testing.assert_array_equal(b0["image"].reshape(-1), _ids(next(shaped)))
+    assert b0["image"].shape == (4, 1) and s0 == flat.state() and s0["index"] == 1
+    # resuming from the state after a batch continues with the next one
+    again = TrainLoader(src, 8, seed=2, local_device_count=2, process_index=1, process_count=2)
+    nxt, _ = next(again.batches(s0))
+    np.testing.assert_array_equal(nxt["image"].reshape(-1), _ids(next(shaped)))
+    ev = next(iter(EvalLoader(src, 8, device_axis=False, **GEOM1)))
+    assert ev["image"].shape == (8, 1) and ev["mask"].shape == (8,)

@@ -6,7 +6,10 @@ would otherwise print verbatim:
 - ``.. math::`` blocks become display math (``$$ ... $$``) for ``pymdownx.arithmatex``;
 - ``:math:`x``` becomes inline math ``$x$``;
 - ``:class:`~a.b.C``` (and ``:func:``, ``:meth:``, ``:mod:``, ``:attr:``, ``:data:``,
-  ``:obj:``, ``:exc:``) become code spans, ``C`` with the ``~`` prefix, ``a.b.C`` without.
+  ``:obj:``, ``:exc:``) become code spans, ``C`` with the ``~`` prefix, ``a.b.C`` without;
+- doctest blocks (a ``>>>`` line and what follows up to a blank line) become fenced
+  ``pycon`` code blocks; in an ``Example:`` section Markdown would otherwise read the
+  ``>>>`` prompts as nested block quotes and the output as Markdown.
 
 The extension is a Markdown preprocessor, so it applies both to the pages and to every
 docstring mkdocstrings converts (mkdocstrings reuses the site's Markdown extensions).
@@ -53,6 +56,16 @@ def convert(lines: list[str]) -> list[str]:
         if in_fence:
             out.append(line)
             i += 1
+            continue
+        if stripped.startswith(">>>"):
+            indent = line[: len(line) - len(stripped)]
+            block = []
+            while i < len(lines) and lines[i].strip():
+                block.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i])
+                i += 1
+            out.extend(
+                ["", f"{indent}```pycon", *(f"{indent}{b}" for b in block), f"{indent}```", ""]
+            )
             continue
         directive = _MATH_DIRECTIVE.match(line)
         if directive is None:

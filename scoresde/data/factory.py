@@ -98,10 +98,11 @@ def check_data_config(config: Any, *, require_paths: bool = False) -> None:
         does not need them, reading data does.
 
     Example:
-      >>> check_data_config({"data": {"dataset": "IMAGENET"}})
-      Traceback (most recent call last):
-      ...
-      ValueError: config: data.dataset must be one of ...
+      >>> try:
+      ...     check_data_config({"data": {"dataset": "IMAGENET"}})
+      ... except ValueError as e:
+      ...     print(str(e)[:40])
+      config: data.dataset must be one of ('CI
     """
     name = dataset_name(config)
     if name == "TOY2D":
@@ -196,6 +197,7 @@ def train_loader_from_config(
     process_index: int | None = None,
     process_count: int | None = None,
     num_workers: int = 0,
+    device_axis: bool = True,
 ) -> TrainLoader:
     """The training :class:`~scoresde.data.pipeline.TrainLoader` of a config.
 
@@ -223,6 +225,7 @@ def train_loader_from_config(
         process_index=process_index,
         process_count=process_count,
         num_workers=num_workers,
+        device_axis=device_axis,
     )
 
 
@@ -235,6 +238,7 @@ def eval_loader_from_config(
     process_index: int | None = None,
     process_count: int | None = None,
     num_workers: int = 0,
+    device_axis: bool = True,
 ) -> EvalLoader:
     """The evaluation :class:`~scoresde.data.pipeline.EvalLoader` of a config's split.
 
@@ -244,6 +248,7 @@ def eval_loader_from_config(
       batch_size: global batch size; default ``eval.batch_size``.
       local_device_count, process_index, process_count: batch geometry; ``None`` asks JAX.
       num_workers: reader threads.
+      device_axis: ``(D, b, ...)`` batches; ``False``: flat ``(D b, ...)`` rows.
 
     Example:
       >>> cfg = {"eval": {"batch_size": 100},
@@ -261,4 +266,5 @@ def eval_loader_from_config(
         process_index=process_index,
         process_count=process_count,
         num_workers=num_workers,
+        device_axis=device_axis,
     )

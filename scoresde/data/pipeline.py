@@ -105,6 +105,10 @@ def batch_geometry(
     return BatchGeometry(batch_size, local_device_count, process_index, process_count)
 
 
+def _batch_shape(g: BatchGeometry, element_shape, device_axis: bool) -> tuple[int, ...]:
+    return g.device_shape(element_shape) if device_axis else (g.per_process, *element_shape)
+
+
 def _gather(source: Source, indices: np.ndarray, pool) -> np.ndarray:
     get_batch = getattr(source, "get_batch", None)
     if get_batch is not None:
@@ -153,6 +157,9 @@ class TrainLoader:
         (``data.uniform_dequantization``).
       local_device_count, process_index, process_count: batch geometry; ``None`` asks JAX.
       num_workers: threads that read examples in parallel (0: read in the calling thread).
+      device_axis: shape batches ``(D, b, *example)``; ``False`` gives this process's rows
+        flat, ``(D b, *example)`` (for ``jit`` over a device mesh, where
+        :func:`scoresde.process_batch_slice` gives the same rows).
 
     Example:
       >>> import numpy as np
@@ -179,9 +186,11 @@ class TrainLoader:
         process_index: int | None = None,
         process_count: int | None = None,
         num_workers: int = 0,
+        device_axis: bool = True,
     ):
         self.source = source
         self.geometry = batch_geometry(batch_size, local_device_count, process_index, process_count)
+        self.device_axis = bool(device_axis)
         self.num_examples = len(source)
         if self.num_examples < batch_size:
             raise ValueError(
@@ -239,7 +248,7 @@ class TrainLoader:
         image = _model_input(
             raw, is_image=self.is_image, centered=self.centered, noise_rng=noise_rng
         )
-        shape = g.device_shape(self.source.element_shape)
+        shape = _batch_shape(g, self.source.element_shape, self.device_axis)
         batch = {"image": image.reshape(shape)}
         if self.is_image:
             batch["image_uint8"] = raw.reshape(shape)
@@ -254,6 +263,16 @@ class TrainLoader:
         if self._index == self.steps_per_epoch:
             self._epoch, self._index = self._epoch + 1, 0
         return batch
+
+    def batches(self, data_state: dict | None = None) -> Iterator[tuple[dict, dict]]:
+        """``(batch, state after it)`` pairs, from ``data_state`` (``None``: the current one).
+
+        This is the ``batches(data_state)`` contract of :func:`scoresde.run_training`.
+        """
+        if data_state is not None:
+            self.restore(data_state)
+        for batch in self:
+            yield batch, self.state()
 
     def state(self) -> dict[str, int]:
         """The position of the next batch, as a JSON-able dict (store it in checkpoints)."""
@@ -310,6 +329,7 @@ class EvalLoader:
       centered: scale images to ``[-1, 1]``.
       local_device_count, process_index, process_count: batch geometry; ``None`` asks JAX.
       num_workers: reader threads.
+      device_axis: ``(D, b, ...)`` batches; ``False``: flat ``(D b, ...)`` rows.
 
     Example:
       >>> import numpy as np
@@ -330,9 +350,11 @@ class EvalLoader:
         process_index: int | None = None,
         process_count: int | None = None,
         num_workers: int = 0,
+        device_axis: bool = True,
     ):
         self.source = source
         self.geometry = batch_geometry(batch_size, local_device_count, process_index, process_count)
+        self.device_axis = bool(device_axis)
         self.num_examples = len(source)
         if self.num_examples == 0:
             raise ValueError("EvalLoader: the source is empty.")
@@ -355,8 +377,9 @@ class EvalLoader:
         mask = positions < self.num_examples
         raw = _gather(self.source, np.where(mask, positions, 0), self._pool)
         image = _model_input(raw, is_image=self.is_image, centered=self.centered, noise_rng=None)
-        shape = g.device_shape(self.source.element_shape)
-        batch = {"image": image.reshape(shape), "mask": mask.reshape(shape[:2])}
+        shape = _batch_shape(g, self.source.element_shape, self.device_axis)
+        lead = len(shape) - len(self.source.element_shape)
+        batch = {"image": image.reshape(shape), "mask": mask.reshape(shape[:lead])}
         if self.is_image:
             batch["image_uint8"] = raw.reshape(shape)
         return batch

@@ -14,12 +14,26 @@
 """
 
 from scoresde.sampling.base import AbstractCorrector, AbstractPredictor, ReverseSDETerm
+from scoresde.sampling.controllable import (
+    KnownComponents,
+    classifier_guided_score,
+    colorization_matrix,
+    sample_class_conditional,
+    sample_colorize,
+    sample_inpaint,
+)
 from scoresde.sampling.correctors import (
     AnnealedLangevinCorrector,
     LangevinCorrector,
     NoneCorrector,
 )
 from scoresde.sampling.denoise import tweedie_denoise
+from scoresde.sampling.ode import (
+    probability_flow_drift,
+    sample_ode,
+    solve_ode,
+    solve_probability_flow,
+)
 from scoresde.sampling.pc import PredictorCorrector, sample_pc
 from scoresde.sampling.predictors import (
     AncestralSamplingPredictor,
@@ -27,19 +41,35 @@ from scoresde.sampling.predictors import (
     NonePredictor,
     ReverseDiffusionPredictor,
 )
+from scoresde.sampling.reverse_sde import DiagonalNoiseTerm, reverse_sde_terms, sample_sde
+from scoresde.sampling.sharding import sample_sharded
 
 __all__ = [
     "AbstractCorrector",
     "AbstractPredictor",
     "AncestralSamplingPredictor",
     "AnnealedLangevinCorrector",
+    "DiagonalNoiseTerm",
     "EulerMaruyamaPredictor",
+    "KnownComponents",
     "LangevinCorrector",
     "NoneCorrector",
     "NonePredictor",
     "PredictorCorrector",
     "ReverseDiffusionPredictor",
     "ReverseSDETerm",
+    "classifier_guided_score",
+    "colorization_matrix",
+    "probability_flow_drift",
+    "reverse_sde_terms",
+    "sample_class_conditional",
+    "sample_colorize",
+    "sample_inpaint",
+    "sample_ode",
     "sample_pc",
+    "sample_sde",
+    "sample_sharded",
+    "solve_ode",
+    "solve_probability_flow",
     "tweedie_denoise",
 ]

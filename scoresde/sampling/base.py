@@ -204,4 +204,3 @@ class AbstractCorrector(diffrax.AbstractSolver):
 def per_sample_norm(v: jax.Array) -> jax.Array:
     """Euclidean norm of each sample of ``v: (B, ...)``, shape ``(B,)``."""
     return jnp.sqrt(jnp.sum(jnp.reshape(v, (v.shape[0], -1)) ** 2, axis=-1))
-

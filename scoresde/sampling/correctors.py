@@ -123,4 +123,3 @@ class NoneCorrector(AbstractCorrector):
     def correct(self, term, x, t, noise):
         del term, t, noise
         return x
-

@@ -92,9 +92,7 @@ class AncestralSamplingPredictor(AbstractPredictor):
             )
         score = term.score(x, t)
         z = term.noise(t, x, PREDICTOR_STREAM)
-        x_next, _ = term.sde.ancestral_step(
-            x, batch_time(x, t), batch_time(x, t_next), score, z
-        )
+        x_next, _ = term.sde.ancestral_step(x, batch_time(x, t), batch_time(x, t_next), score, z)
         return x_next
 
 
@@ -111,4 +109,3 @@ class NonePredictor(AbstractPredictor):
     def update(self, term, x, t, t_next):
         del term, t, t_next
         return x
-

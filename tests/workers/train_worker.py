@@ -14,8 +14,9 @@ import jax
 
 jax.config.update("jax_platforms", "cpu")
 
-import scoresde as sd  # noqa: E402
 from tiny_setup import batches, setup  # noqa: E402
+
+import scoresde as sd  # noqa: E402
 
 
 def main():
@@ -34,8 +35,14 @@ def main():
             time.sleep(step_sleep)
 
     sd.run_training(
-        state, step, batches(), workdir=workdir, num_steps=num_steps, checkpoint_freq=3,
-        snapshot_freq=5, log_fn=log_fn,
+        state,
+        step,
+        batches(),
+        workdir=workdir,
+        num_steps=num_steps,
+        checkpoint_freq=3,
+        snapshot_freq=5,
+        log_fn=log_fn,
     )
     out.write("done\n")
     out.close()
