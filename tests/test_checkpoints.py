@@ -161,16 +161,21 @@ def _start(workdir, num_steps, losses_file, kill_at=-1, step_sleep=0.0):
         str(kill_at),
         str(step_sleep),
     ]
-    return subprocess.Popen(cmd, env=_worker_env(), stderr=subprocess.PIPE, text=True)
+    log = open(f"{losses_file}.{time.time_ns()}.log", "w")  # a file: a full pipe would block
+    proc = subprocess.Popen(cmd, env=_worker_env(), stderr=log, text=True)
+    proc.log_path = log.name
+    log.close()
+    return proc
 
 
 def _wait(proc, expect_killed=False):
     try:
-        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        proc.wait(timeout=SUBPROCESS_TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         raise
+    err = pathlib.Path(proc.log_path).read_text()
     if expect_killed:
         assert proc.returncode == -signal.SIGKILL, err[-3000:]
     else:
@@ -226,18 +231,21 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     reference = _start(tmp_path / "ref", NUM_STEPS, tmp_path / "ref.txt")
     losses = tmp_path / "run.txt"
     rng = np.random.default_rng(0)
+
+    def n_logged():
+        return len(losses.read_text().splitlines()) if losses.exists() else 0
+
     for _ in range(3):
+        before = n_logged()
         proc = _start(tmp_path / "run", NUM_STEPS, losses, step_sleep=0.2)
         # wait until it trains, then kill at a random moment (possibly mid-save)
         deadline = time.time() + SUBPROCESS_TIMEOUT
-        while (
-            not losses.exists() or len(losses.read_text().splitlines()) < 1
-        ) and proc.poll() is None:
+        while n_logged() <= before and proc.poll() is None:
             assert time.time() < deadline
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        proc.wait(timeout=SUBPROCESS_TIMEOUT)
     _wait(_start(tmp_path / "run", NUM_STEPS, losses))
     _wait(reference)
     assert _read_losses(losses) == _read_losses(tmp_path / "ref.txt")

@@ -28,6 +28,23 @@ API_DIR = ROOT / "docs" / "api"
 # Optional dependencies: a module that needs one of these may be skipped when it is missing.
 OPTIONAL_DEPENDENCIES = ("torch", "tensorflow")
 
+# Modules whose docstring examples take more than ~5 s of CPU here (measured alone, one
+# process: mostly eager `model.init` of whole networks and the compilation of full solves).
+# Their doctests run with `-m slow`, so the fast selection of this file stays within its
+# 60 s budget. CPU seconds when this list was made, for the record:
+_SLOW_DOCTEST_MODULES = {
+    "scoresde.likelihood",  # 11 s
+    "scoresde.losses",  # 6 s
+    "scoresde.models.convert",  # 23 s
+    "scoresde.models.ddpm",  # 18 s
+    "scoresde.models.layers",  # 16 s
+    "scoresde.models.ncsnpp",  # 6 s
+    "scoresde.models.ncsnv2",  # 18 s
+    "scoresde.sampling.controllable",  # 13 s
+    "scoresde.sampling.ode",  # 7 s
+    "scoresde.sampling.pc",  # 6 s
+}
+
 # ``::: scoresde.name`` at the start of a line (mkdocstrings' autodoc syntax).
 _AUTODOC = re.compile(r"^:::\s+([A-Za-z_][\w.]*)\s*$", re.MULTILINE)
 
@@ -135,7 +152,14 @@ def _import_or_skip(module_name: str) -> types.ModuleType:
         raise
 
 
-@pytest.mark.parametrize("module_name", _module_names())
+def _doctest_cases() -> list:
+    return [
+        pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_DOCTEST_MODULES else name
+        for name in _module_names()
+    ]
+
+
+@pytest.mark.parametrize("module_name", _doctest_cases())
 def test_docstring_examples(module_name):
     module = _import_or_skip(module_name)
     finder = doctest.DocTestFinder(exclude_empty=True)

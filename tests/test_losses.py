@@ -65,8 +65,7 @@ def _mc(values):
     return values.mean(), values.std() / np.sqrt(values.size)
 
 
-@pytest.mark.parametrize("name", ["vp", "ve"])
-@pytest.mark.parametrize("reduce_mean", [True, False])
+@pytest.mark.parametrize("name, reduce_mean", [("vp", True), ("ve", False)])
 def test_dsm_exact_score_attains_analytic_minimum(name, reduce_mean, key):
     sde = SDES[name]
     gm = gaussian()

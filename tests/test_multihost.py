@@ -29,6 +29,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(args: list[str], n_devices: int, log: pathlib.Path) -> subprocess.Popen:
+    # stderr goes to a file: a full pipe would block a worker inside a collective
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), *args], env=_env(n_devices), stderr=f, text=True
+        )
+
+
+def _finish(procs: dict[str, subprocess.Popen], out: pathlib.Path) -> None:
+    try:
+        for name, proc in procs.items():
+            proc.wait(timeout=TIMEOUT)
+            err = (out / f"{name}.log").read_text()
+            assert proc.returncode == 0, f"{name} failed:\n{err[-4000:]}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def _env(n_devices: int) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
@@ -40,31 +61,11 @@ def _env(n_devices: int) -> dict:
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("multihost")
     port = _free_port()
-    py = sys.executable
-    procs = {
-        "single": subprocess.Popen(
-            [py, str(WORKER), "single", str(out / "single.npz")],
-            env=_env(4),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    }
+    procs = {"single": _spawn(["single", str(out / "single.npz")], 4, out / "single.log")}
     for pid in (0, 1):
-        procs[f"proc{pid}"] = subprocess.Popen(
-            [py, str(WORKER), "proc", str(out / f"proc{pid}.npz"), str(port), str(pid)],
-            env=_env(2),
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    try:
-        for name, proc in procs.items():
-            _, err = proc.communicate(timeout=TIMEOUT)
-            assert proc.returncode == 0, f"{name} failed:\n{err[-4000:]}"
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        args = ["proc", str(out / f"proc{pid}.npz"), str(port), str(pid)]
+        procs[f"proc{pid}"] = _spawn(args, 2, out / f"proc{pid}.log")
+    _finish(procs, out)
     return {name: dict(np.load(out / f"{name}.npz")) for name in procs}
 
 
@@ -92,25 +93,15 @@ def test_two_processes_match_one_process_with_four_devices(runs):
 
 def _pair(out, workdir, tag):
     port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), "proc", str(out / f"{tag}{pid}.npz"), str(port)]
-            + [str(pid), str(workdir)],
-            env=_env(2),
-            stderr=subprocess.PIPE,
-            text=True,
+    procs = {
+        f"{tag}{pid}": _spawn(
+            ["proc", str(out / f"{tag}{pid}.npz"), str(port), str(pid), str(workdir)],
+            2,
+            out / f"{tag}{pid}.log",
         )
         for pid in (0, 1)
-    ]
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=TIMEOUT)
-            assert proc.returncode == 0, err[-4000:]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    }
+    _finish(procs, out)
     return [dict(np.load(out / f"{tag}{pid}.npz")) for pid in (0, 1)]
 
 

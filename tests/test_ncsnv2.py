@@ -230,13 +230,93 @@ def test_from_config_fields_and_errors():
     )
     ncsn = ncsn_from_config({**config, "model": {**config["model"], "scale_by_sigma": False}})
     assert ncsn == NCSN(nf=32, centered=True, num_scales=100, sigma_max=30.0)
+    # The reference's names pick the network; a bare "ncsnv2" picks it by image size.
+    for name, size, variant in [("ncsnv2_128", 32, 128), ("ncsnv2", 96, 128), ("ncsnv2", 200, 256)]:
+        cfg = {
+            "model": {**config["model"], "name": name},
+            "data": {**config["data"], "image_size": size},
+        }
+        assert ncsnv2_from_config(cfg).variant == variant
     bad = {**config, "model": {**config["model"], "normalization": "GroupNorm"}}
     with pytest.raises(ValueError, match="InstanceNorm"):
         ncsnv2_from_config(bad)
-    with pytest.raises(ValueError, match="image_size"):
-        ncsnv2_from_config({**config, "data": {**config["data"], "image_size": 128}})
+    with pytest.raises(ValueError, match="model.name"):
+        ncsnv2_from_config({**config, "model": {**config["model"], "name": "ncsnv2_32"}})
     with pytest.raises(ValueError, match="disagree"):
         ncsnv2_from_config({**config, "data": {**config["data"], "channels": 1}})
+
+
+def _reference_param_count(variant: int, nf: int, channels: int = 3) -> int:
+    """Parameters of the reference's ncsnv2_{variant}, counted from its constructor's layers."""
+
+    def conv(i, o, k=3, bias=True):
+        return i * o * k * k + (o if bias else 0)
+
+    def norm(c):  # InstanceNorm++: alpha, gamma, beta
+        return 3 * c
+
+    def residual(i, o, down, dilation):
+        shortcut_k = 1 if dilation == 1 else 3
+        if down:
+            return conv(i, i) + norm(i) + conv(i, o) + conv(i, o, shortcut_k) + norm(i)
+        shortcut = conv(i, o, shortcut_k) if i != o else 0
+        return conv(i, o) + norm(o) + conv(o, o) + shortcut + norm(i)
+
+    def rcu(c, n_blocks):  # n_blocks x 2 stages of bias-free 3x3 convs
+        return n_blocks * 2 * conv(c, c, bias=False)
+
+    def refine(in_planes, f, start=False, end=False):
+        total = sum(rcu(p, 2) for p in in_planes) + rcu(f, 3 if end else 1)
+        total += 0 if start else sum(conv(p, f) for p in in_planes)  # fusion convs
+        return total + 2 * conv(f, f, bias=False)  # chained residual pooling
+
+    stages = {  # (channels / nf, dilation) per stage, two residual blocks each
+        64: [(1, 1), (2, 1), (2, 2), (2, 4)],
+        128: [(1, 1), (2, 1), (2, 1), (4, 2), (4, 4)],
+        256: [(1, 1), (2, 1), (2, 1), (2, 1), (4, 2), (4, 4)],
+    }[variant]
+    refines = {64: [2, 2, 1, 1], 128: [4, 2, 2, 1, 1], 256: [4, 2, 2, 2, 1, 1]}[variant]
+    total, c = conv(channels, nf), nf
+    for k, (mult, dilation) in enumerate(stages):
+        total += residual(c, mult * nf, k > 0, dilation) + residual(
+            mult * nf, mult * nf, False, dilation
+        )
+        c = mult * nf
+    widths = [mult * nf for mult, _ in stages][::-1]
+    previous = None
+    for k, (width, mult) in enumerate(zip(widths, refines, strict=True)):
+        in_planes = [width] if previous is None else [width, previous]
+        total += refine(in_planes, mult * nf, start=k == 0, end=k == len(widths) - 1)
+        previous = mult * nf
+    return total + norm(nf) + conv(nf, channels)
+
+
+def test_param_counts_follow_the_reference_layers(fixture):
+    # The counting rule reproduces the fixture's ncsnv2_64 exactly ...
+    assert _reference_param_count(64, nf=16) == fixture["meta"]["param_count"]
+    # ... and the 128/256px networks (no fixture) have the counts of the reference's layers.
+    for variant, size in [(64, 8), (128, 8), (256, 16)]:
+        model = NCSNv2(nf=4, variant=variant)
+        x, labels = jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32)
+        out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x, labels)
+        assert out.shape == x.shape
+        count = sum(leaf.size for leaf in jax.tree.leaves(variables))
+        assert count == _reference_param_count(variant, nf=4)
+    keys = {NCSNv2.torch_key(tuple(k.key for k in path)) for path, _ in
+            jax.tree_util.tree_flatten_with_path(variables["params"])[0]}  # fmt: skip
+    assert {"res31.0.conv2.conv.weight", "res5.1.conv2.weight", "refine31.msf.convs.1.bias"} <= keys
+
+
+def test_full_size_param_counts():
+    # CIFAR-10 configs (nf=128, 32x32x3): ncsnv2_64 and ncsn (v1, 10 noise levels).
+    counts = {}
+    for model in (NCSNv2(nf=128), NCSN(nf=128, num_scales=10)):
+        shapes = jax.eval_shape(
+            model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,), jnp.int32)
+        )
+        counts[type(model).__name__] = sum(leaf.size for leaf in jax.tree.leaves(shapes))
+    assert counts["NCSNv2"] == _reference_param_count(64, nf=128) == 29_694_083
+    assert counts["NCSN"] == 30_117_635
 
 
 def test_bad_arguments_are_refused():
@@ -247,7 +327,9 @@ def test_bad_arguments_are_refused():
     model = NCSNv2(nf=8, num_scales=10)
     with pytest.raises(TypeError, match="integer"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)))
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(ValueError, match="multiples of 2"):
         jax.eval_shape(
             model.init, jax.random.key(0), jnp.zeros((1, 7, 8, 3)), jnp.zeros((1,), jnp.int32)
         )
+    with pytest.raises(ValueError, match="variant"):
+        NCSNv2(variant=32)

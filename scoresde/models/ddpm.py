@@ -97,9 +97,10 @@ class DDPM(nn.Module):
       >>> import jax, jax.numpy as jnp
       >>> model = DDPM(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
       >>> x = jnp.zeros((2, 8, 8, 3)); labels = jnp.array([10.0, 500.0])
-      >>> variables = model.init(jax.random.key(0), x, labels)
-      >>> model.apply(variables, x, labels).shape
-      (2, 8, 8, 3)
+      >>> # Shapes only (model.init / model.apply run the same code on real arrays):
+      >>> out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x, labels)
+      >>> out.shape, sum(p.size for p in jax.tree.leaves(variables))
+      ((2, 8, 8, 3), 685731)
 
     Reference: J. Ho, A. Jain, P. Abbeel, "Denoising Diffusion Probabilistic Models",
     NeurIPS 2020; Y. Song et al., "Score-Based Generative Modeling through Stochastic

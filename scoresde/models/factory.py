@@ -221,12 +221,6 @@ def _refinenet_kwargs(config: Any, cls: type, family: str) -> dict[str, Any]:
         raise ValueError(
             f"config: data.channels = {channels} and data.num_channels = {num_channels} disagree."
         )
-    image_size = config_field(config, "data.image_size", None)
-    if image_size is not None and int(image_size) >= 96:
-        raise ValueError(
-            f"config: {family} here is the reference's 64px network (data.image_size < 96); "
-            f"got data.image_size = {image_size} (the 128/256px variants are not available)."
-        )
     return dict(
         nf=int(f("nf", defaults["nf"].default)),
         centered=bool(config_field(config, "data.centered", defaults["centered"].default)),
@@ -239,12 +233,14 @@ def _refinenet_kwargs(config: Any, cls: type, family: str) -> dict[str, Any]:
 
 
 def ncsnv2_from_config(config: Any) -> nn.Module:
-    """Builds :class:`~scoresde.models.ncsnv2.NCSNv2` (the reference's ``ncsnv2_64``).
+    """Builds :class:`~scoresde.models.ncsnv2.NCSNv2` (``ncsnv2_64``, ``_128``, ``_256``).
 
-    Reads ``model.{nf, nonlinearity, sigma_min, sigma_max, num_scales, scale_by_sigma,
+    Reads ``model.{name, nf, nonlinearity, sigma_min, sigma_max, num_scales, scale_by_sigma,
     normalization, interpolation}`` and ``data.{centered, image_size, channels or
-    num_channels}``. ``model.ch_mult``, ``num_res_blocks`` and ``attn_resolutions`` do not
-    apply (the architecture is fixed), as in the reference.
+    num_channels}``. ``model.name`` ``ncsnv2_64`` / ``ncsnv2_128`` / ``ncsnv2_256`` picks the
+    network; a bare ``ncsnv2`` picks it by ``data.image_size`` (below 96, up to 128, up to
+    256) as the reference's ``get_network`` does. ``model.ch_mult``, ``num_res_blocks`` and
+    ``attn_resolutions`` do not apply (the architectures are fixed), as in the reference.
 
     Example:
       >>> cfg = {"model": {"name": "ncsnv2_64", "nf": 16, "num_scales": 232},
@@ -252,9 +248,26 @@ def ncsnv2_from_config(config: Any) -> nn.Module:
       >>> ncsnv2_from_config(cfg).num_scales
       232
     """
-    from scoresde.models.ncsnv2 import NCSNv2
+    from scoresde.models.ncsnv2 import NCSNV2_VARIANTS, NCSNv2
 
-    return NCSNv2(**_refinenet_kwargs(config, NCSNv2, "NCSNv2"))
+    name = config_field(config, "model.name", "ncsnv2")
+    if name == "ncsnv2":
+        size = int(config_field(config, "data.image_size"))
+        if not 0 < size <= max(NCSNV2_VARIANTS):
+            raise ValueError(
+                f"config: NCSNv2 networks exist for data.image_size up to "
+                f"{max(NCSNV2_VARIANTS)}, got {size}."
+            )
+        variant = 64 if size < 96 else 128 if size <= 128 else 256
+    else:
+        names = {f"ncsnv2_{v}": v for v in NCSNV2_VARIANTS}
+        if name not in names:
+            raise ValueError(
+                f"config: model.name must be 'ncsnv2' or one of {tuple(names)} for NCSNv2, "
+                f"got {name!r}."
+            )
+        variant = names[name]
+    return NCSNv2(variant=variant, **_refinenet_kwargs(config, NCSNv2, "NCSNv2"))
 
 
 def ncsn_from_config(config: Any) -> nn.Module:

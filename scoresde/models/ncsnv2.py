@@ -24,8 +24,40 @@ from scoresde.models.ncsnv2_layers import (
 _LIST_ITEM = re.compile(r"(res\d+|adapt_convs|convs|norms)_(\d+)")
 #: Flax leaf name -> PyTorch parameter name, where they differ.
 _TORCH_LEAF = {"kernel": "weight", "embedding": "weight"}
-#: The largest image the 64px RefineNet is meant for (the reference switches networks above).
-MAX_IMAGE_SIZE_64 = 95
+# The reference's RefineNets (ncsnv2_64, ncsnv2_128, ncsnv2_256). Residual stages, in order:
+# (name, channels as a multiple of nf, dilation); every stage has two blocks and all but
+# the first open with resample='down' (a 2x2 mean pool when the dilation is 1; dilated
+# stages keep the resolution). RefineNet blocks, deepest first: (name, features / nf).
+_STAGES = {
+    64: (("res1", 1, 1), ("res2", 2, 1), ("res3", 2, 2), ("res4", 2, 4)),
+    128: (("res1", 1, 1), ("res2", 2, 1), ("res3", 2, 1), ("res4", 4, 2), ("res5", 4, 4)),
+    256: (
+        ("res1", 1, 1),
+        ("res2", 2, 1),
+        ("res3", 2, 1),
+        ("res31", 2, 1),
+        ("res4", 4, 2),
+        ("res5", 4, 4),
+    ),
+}
+_REFINES = {
+    64: (("refine1", 2), ("refine2", 2), ("refine3", 1), ("refine4", 1)),
+    128: (("refine1", 4), ("refine2", 2), ("refine3", 2), ("refine4", 1), ("refine5", 1)),
+    256: (
+        ("refine1", 4),
+        ("refine2", 2),
+        ("refine31", 2),
+        ("refine3", 2),
+        ("refine4", 1),
+        ("refine5", 1),
+    ),
+}
+#: The ``variant`` values of :class:`NCSNv2` (the reference's ``ncsnv2_{variant}``).
+NCSNV2_VARIANTS = tuple(_STAGES)
+
+
+def _downsampling_factor(variant: int) -> int:
+    return 2 ** sum(1 for _, _, dilation in _STAGES[variant][1:] if dilation == 1)
 
 
 def _torch_key(cls_name: str, path: tuple[str, ...]) -> str:
@@ -36,17 +68,17 @@ def _torch_key(cls_name: str, path: tuple[str, ...]) -> str:
     return ".".join([*parts, _TORCH_LEAF.get(leaf, leaf)])
 
 
-def _check_inputs(cls_name: str, x: jax.Array, labels: jax.Array) -> None:
+def _check_inputs(cls_name: str, x: jax.Array, labels: jax.Array, factor: int) -> None:
     if x.ndim != 4:
         raise ValueError(f"{cls_name}: x must be NHWC (B, H, W, C), got shape {x.shape}.")
     if labels.shape != x.shape[:1]:
         raise ValueError(
             f"{cls_name}: labels must have shape (B,) = {x.shape[:1]}, got {labels.shape}."
         )
-    if x.shape[1] % 2 or x.shape[2] % 2 or max(x.shape[1:3]) > MAX_IMAGE_SIZE_64:
+    if x.shape[1] % factor or x.shape[2] % factor:
         raise ValueError(
-            f"{cls_name}: height and width must be even and at most "
-            f"{MAX_IMAGE_SIZE_64} (the reference's 64px network), got {x.shape[1:3]}."
+            f"{cls_name}: height and width must be multiples of {factor} (the network mean-pools "
+            f"{factor.bit_length() - 1} times), got {x.shape[1:3]}."
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(
@@ -55,41 +87,57 @@ def _check_inputs(cls_name: str, x: jax.Array, labels: jax.Array) -> None:
 
 
 def _refinenet(
-    x: jax.Array, y: jax.Array | None, nf: int, act: Activation, num_classes: int | None
+    x: jax.Array,
+    y: jax.Array | None,
+    nf: int,
+    act: Activation,
+    num_classes: int | None,
+    variant: int = 64,
 ) -> jax.Array:
     """The shared body of NCSN/NCSNv2, built inside the caller's compact ``__call__``."""
-
-    def res(name: str, out: int, h: jax.Array, **kwargs) -> jax.Array:
-        return ResidualBlock(out, act, num_classes=num_classes, name=name, **kwargs)(h, y)
-
     h = ncsn_conv(nf, x.shape[-1], "begin_conv")(x)
-    layer1 = res("res1_1", nf, res("res1_0", nf, h))
-    layer2 = res("res2_1", 2 * nf, res("res2_0", 2 * nf, layer1, resample="down"))
-    h = res("res3_0", 2 * nf, layer2, resample="down", dilation=2)
-    layer3 = res("res3_1", 2 * nf, h, dilation=2)
-    h = res("res4_0", 2 * nf, layer3, resample="down", dilation=4)
-    layer4 = res("res4_1", 2 * nf, h, dilation=4)
+    layers = []
+    for i, (name, mult, dilation) in enumerate(_STAGES[variant]):
+        for j, resample in enumerate(("down" if i > 0 else None, None)):
+            block = ResidualBlock(
+                mult * nf,
+                act,
+                resample=resample,
+                dilation=dilation,
+                num_classes=num_classes,
+                name=f"{name}_{j}",
+            )
+            h = block(h, y)
+        layers.append(h)
 
-    def refine(name: str, features: int, xs: list[jax.Array], **kwargs) -> jax.Array:
-        block = RefineBlock(features, act, num_classes=num_classes, name=name, **kwargs)
-        return block(xs, xs[0].shape[1:3], y)
-
-    ref1 = refine("refine1", 2 * nf, [layer4], start=True)
-    ref2 = refine("refine2", 2 * nf, [layer3, ref1])
-    ref3 = refine("refine3", nf, [layer2, ref2])
-    h = refine("refine4", nf, [layer1, ref3], end=True)
+    h = None
+    for k, ((name, mult), layer) in enumerate(
+        zip(_REFINES[variant], reversed(layers), strict=True)
+    ):
+        block = RefineBlock(
+            mult * nf,
+            act,
+            start=k == 0,
+            end=k == len(layers) - 1,
+            num_classes=num_classes,
+            name=name,
+        )
+        h = block([layer] if h is None else [layer, h], layer.shape[1:3], y)
     h = act(normalize("normalizer", num_classes, h, y))
     return ncsn_conv(x.shape[-1], nf, "end_conv")(h)
 
 
 class NCSNv2(nn.Module):
-    r"""The NCSNv2 RefineNet for images up to 64px (score_sde's ``ncsnv2_64``).
+    r"""The NCSNv2 RefineNet (score_sde's ``ncsnv2_64``, ``ncsnv2_128``, ``ncsnv2_256``).
 
-    A begin conv; four stages of two pre-activation residual blocks with InstanceNorm++
-    (channels ``nf, 2nf, 2nf, 2nf``; the second stage halves the resolution by mean pooling,
-    the third and fourth use dilations 2 and 4 at the same resolution); four RefineNet blocks
-    back up to full resolution (bilinear, corners aligned); InstanceNorm++, the nonlinearity
-    and an end conv. The output is divided by :math:`\sigma_{\text{label}}`:
+    ``variant=64`` (images below 96px): a begin conv; four stages of two pre-activation
+    residual blocks with InstanceNorm++ (channels ``nf, 2nf, 2nf, 2nf``; the second stage
+    halves the resolution by mean pooling, the third and fourth use dilations 2 and 4 at the
+    same resolution); four RefineNet blocks back up to full resolution (bilinear, corners
+    aligned); InstanceNorm++, the nonlinearity and an end conv. ``variant=128`` has five
+    stages (``nf, 2nf, 2nf, 4nf, 4nf``, two mean pools, dilations 2 and 4 last) and
+    ``variant=256`` six (an extra ``res31`` / ``refine31`` at ``2nf``, three mean pools), as
+    in the reference. The output is divided by :math:`\sigma_{\text{label}}`:
 
     .. math:: s_\theta(x, i) = \mathrm{net}(x) / \sigma_i,\qquad
         \sigma_i = \sigma_{max} (\sigma_{min}/\sigma_{max})^{i/(N-1)},
@@ -102,21 +150,23 @@ class NCSNv2(nn.Module):
 
     Attributes:
       nf: base channel count.
+      variant: 64, 128 or 256, the reference's ``ncsnv2_{variant}`` network.
       centered: inputs are already in [-1, 1]; else :math:`x \mapsto 2x - 1` first.
       nonlinearity: ``elu`` (the reference configs), ``relu``, ``lrelu`` or ``swish``.
       sigma_min, sigma_max, num_scales: the noise levels :math:`\sigma_i`.
       scale_by_sigma: divide the output by :math:`\sigma_i` (the PyTorch reference always does).
 
     Call: ``model.apply(variables, x, labels, train=False)`` with ``x: (B, H, W, C)``
-    (``H, W`` even, at most 95) and integer ``labels: (B,)`` in ``[0, num_scales)``;
-    ``train`` is accepted for a uniform interface (the network has no dropout).
+    (``H, W`` multiples of 2, 4, 8 for variants 64, 128, 256) and integer ``labels: (B,)`` in
+    ``[0, num_scales)``; ``train`` is accepted for a uniform interface (the network has no dropout).
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> model = NCSNv2(nf=8, num_scales=10)
       >>> x = jnp.zeros((2, 8, 8, 3)); labels = jnp.array([0, 9])
-      >>> variables = model.init(jax.random.key(0), x, labels)
-      >>> model.apply(variables, x, labels).shape
+      >>> # Shapes only (model.init / model.apply run the same code on real arrays):
+      >>> out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x, labels)
+      >>> out.shape
       (2, 8, 8, 3)
 
     Reference: Y. Song and S. Ermon, "Improved Techniques for Training Score-Based
@@ -124,6 +174,7 @@ class NCSNv2(nn.Module):
     """
 
     nf: int = 128
+    variant: int = 64
     centered: bool = False
     nonlinearity: str = "elu"
     sigma_min: float = 0.01
@@ -137,6 +188,10 @@ class NCSNv2(nn.Module):
     def __post_init__(self) -> None:
         if not isinstance(self.nf, int) or self.nf <= 0:
             raise ValueError(f"NCSNv2: nf must be a positive int, got {self.nf!r}.")
+        if self.variant not in NCSNV2_VARIANTS:
+            raise ValueError(
+                f"NCSNv2: variant must be one of {NCSNV2_VARIANTS}, got {self.variant!r}."
+            )
         get_act(self.nonlinearity)
         geometric_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
         super().__post_init__()
@@ -160,9 +215,9 @@ class NCSNv2(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
         del train
-        _check_inputs("NCSNv2", x, labels)
+        _check_inputs("NCSNv2", x, labels, _downsampling_factor(self.variant))
         h = x if self.centered else 2.0 * x - 1.0
-        h = _refinenet(h, None, self.nf, get_act(self.nonlinearity), None)
+        h = _refinenet(h, None, self.nf, get_act(self.nonlinearity), None, self.variant)
         if self.scale_by_sigma:
             sigmas = jnp.asarray(geometric_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
             h = h / sigmas[labels][:, None, None, None].astype(h.dtype)
@@ -172,12 +227,12 @@ class NCSNv2(nn.Module):
 class NCSN(nn.Module):
     r"""The NCSN (v1) RefineNet with conditional InstanceNorm++ (score_sde's ``ncsn``).
 
-    The architecture of :class:`NCSNv2`, but every normalization (residual blocks, RCU,
-    fusion and pooling blocks, the final one) is conditional: its :math:`\gamma, \alpha,
-    \beta` are the row ``labels`` of a learned ``(num_scales, 3C)`` embedding, and the
-    chained pooling averages instead of taking the max. The network is told the noise
-    level only through these normalizations; by default its output is not divided by
-    :math:`\sigma_i` (``scale_by_sigma=False`` in the reference configs).
+    The architecture of :class:`NCSNv2` (``variant=64``), but every normalization (residual
+    blocks, RCU, fusion and pooling blocks, the final one) is conditional: its
+    :math:`\gamma, \alpha, \beta` are the row ``labels`` of a learned ``(num_scales, 3C)``
+    embedding, and the chained pooling averages instead of taking the max. The network is
+    told the noise level only through these normalizations; by default its output is not
+    divided by :math:`\sigma_i` (``scale_by_sigma=False`` in the reference configs).
 
     The reference's PyTorch and JAX versions of this model both fail to build (an
     unconditional norm called with labels; ``dilation=None`` compared with 1; a missing
@@ -193,14 +248,15 @@ class NCSN(nn.Module):
       scale_by_sigma: divide the output by :math:`\sigma_i`.
 
     Call: ``model.apply(variables, x, labels, train=False)`` with ``x: (B, H, W, C)``
-    (``H, W`` even, at most 95) and integer ``labels: (B,)`` in ``[0, num_scales)``.
+    (``H, W`` even) and integer ``labels: (B,)`` in ``[0, num_scales)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> model = NCSN(nf=8, num_scales=10, sigma_max=1.0)
       >>> x = jnp.zeros((2, 8, 8, 3)); labels = jnp.array([0, 9])
-      >>> variables = model.init(jax.random.key(0), x, labels)
-      >>> model.apply(variables, x, labels).shape
+      >>> # Shapes only (model.init / model.apply run the same code on real arrays):
+      >>> out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x, labels)
+      >>> out.shape
       (2, 8, 8, 3)
 
     Reference: Y. Song and S. Ermon, "Generative Modeling by Estimating Gradients of the
@@ -238,7 +294,7 @@ class NCSN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, labels: jax.Array, train: bool = False) -> jax.Array:
         del train
-        _check_inputs("NCSN", x, labels)
+        _check_inputs("NCSN", x, labels, _downsampling_factor(64))
         h = x if self.centered else 2.0 * x - 1.0
         act = get_act(self.nonlinearity)
         h = _refinenet(h, labels, self.nf, act, self.num_scales)
