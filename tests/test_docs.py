@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -189,5 +190,6 @@ def test_mkdocs_build_strict(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -25,6 +25,7 @@ from mkdocs.plugins import event_priority
 
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _XREF_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|attr|data|obj|exc|const):`(~?)([^`]+)`")
+_WRAPPED_ROLE = re.compile(r":(?:py:)?[a-z]+:`[^`\n]*\n[^`]*`")
 _MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<rest>.*)$")
 
 
@@ -88,9 +89,16 @@ def convert(lines: list[str]) -> list[str]:
     return out
 
 
+def _join_wrapped_roles(lines: list[str]) -> list[str]:
+    """Puts a role whose backquoted text is wrapped over several lines on one line."""
+    text = "\n".join(lines)
+    text = _WRAPPED_ROLE.sub(lambda m: re.sub(r"\s*\n\s*", " ", m.group(0)), text)
+    return text.split("\n")
+
+
 class _RSTPreprocessor(Preprocessor):
     def run(self, lines: list[str]) -> list[str]:
-        return convert(lines)
+        return convert(_join_wrapped_roles(lines))
 
 
 class RSTMarkupExtension(Extension):
