@@ -34,7 +34,9 @@ def test_transforms_and_prefix(reference):
     # Conv (O, I, kh, kw) -> HWIO; Linear (out, in) -> (in, out); GroupNorm weight -> scale.
     w = state_dict["module.all_modules.3.weight"]
     np.testing.assert_array_equal(p["all_modules_3"]["kernel"], w.transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(p["all_modules_1"]["kernel"], state_dict["module.all_modules.1.weight"].T)
+    np.testing.assert_array_equal(
+        p["all_modules_1"]["kernel"], state_dict["module.all_modules.1.weight"].T
+    )
     gn = state_dict["module.all_modules.24.weight"]
     np.testing.assert_array_equal(p["all_modules_24"]["scale"], gn)
     nin = state_dict["module.all_modules.8.NIN_0.W"]
@@ -42,7 +44,7 @@ def test_transforms_and_prefix(reference):
     # Without the DataParallel prefix: the same variables.
     bare = {k.removeprefix("module."): v for k, v in state_dict.items()}
     _, variables2 = sd.models.from_score_sde_pytorch(bare, cfg)
-    assert flat(variables) .keys() == flat(variables2).keys()
+    assert flat(variables).keys() == flat(variables2).keys()
     for k, v in flat(variables).items():
         np.testing.assert_array_equal(v, flat(variables2)[k])
 
@@ -86,10 +88,13 @@ def test_wrong_config_is_refused(reference):
 
 def _checkpoint(state_dict, order, rng):
     """A checkpoint laid out as the reference saves it, with EMA weights unlike the raw ones."""
-    names = order["ema_shadow_params_order"]
-    shadow = [rng.standard_normal(state_dict["module." + n].shape).astype(np.float32) for n in names]
+    names = order["ema_shadow_params_order"]  # the reference's model.parameters() order
+    shadow = [rng.standard_normal(state_dict[n].shape).astype(np.float32) for n in names]
     ema = {"decay": 0.999, "num_updates": 7, "shadow_params": shadow}
-    return {"model": state_dict, "ema": ema, "optimizer": {}, "step": 7}, dict(zip(names, shadow))
+    bare = [n.removeprefix("module.") for n in names]
+    return {"model": state_dict, "ema": ema, "optimizer": {}, "step": 7}, dict(
+        zip(bare, shadow, strict=True)
+    )
 
 
 def test_checkpoint_loads_ema_by_default(reference, np_rng):
@@ -135,7 +140,10 @@ def test_pth_file(reference, tmp_path, np_rng):
     checkpoint, shadow = _checkpoint(state_dict, order, np_rng)
     tensors = {
         "model": {k: torch.from_numpy(v) for k, v in checkpoint["model"].items()},
-        "ema": {**checkpoint["ema"], "shadow_params": [torch.from_numpy(s) for s in shadow.values()]},
+        "ema": {
+            **checkpoint["ema"],
+            "shadow_params": [torch.from_numpy(s) for s in shadow.values()],
+        },
         "optimizer": {},
         "step": 7,
     }
@@ -145,3 +153,25 @@ def test_pth_file(reference, tmp_path, np_rng):
     back = sd.models.to_score_sde_pytorch(variables, model, prefix="")
     for name, value in shadow.items():
         np.testing.assert_array_equal(back[name], value, err_msg=name)
+
+
+def test_pth_path_goes_through_torch_load(reference, tmp_path, np_rng, monkeypatch):
+    # Without torch installed: a stand-in module checks the call torch.load receives.
+    import sys
+    import types
+
+    cfg, state_dict, order = reference
+    checkpoint, shadow = _checkpoint(state_dict, order, np_rng)
+    path = tmp_path / "checkpoint_2.pth"
+    path.write_bytes(b"stand-in")
+    calls = []
+
+    def load(f, map_location=None, weights_only=None):
+        calls.append((f, map_location, weights_only))
+        return checkpoint
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+    model, variables = sd.models.from_score_sde_pytorch(path, cfg)
+    assert calls == [(str(path), "cpu", False)]
+    back = sd.models.to_score_sde_pytorch(variables, model, prefix="")
+    np.testing.assert_array_equal(back["all_modules.3.weight"], shadow["all_modules.3.weight"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import diffrax
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -103,4 +102,3 @@ def test_solve_ode_counts_any_vector_field():
     )
     assert int(nfe) == 100
     np.testing.assert_allclose(y1, 0.99**100, rtol=1e-5)
-    _ = jax

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -85,7 +83,6 @@ def test_euler_maruyama_strong_order(key, x64):
     slope = np.polyfit(np.log([1 / n for n in ns]), np.log(errors), 1)[0]
     # 256 paths: the error means have ~6% relative MC error, so the slope is good to ~0.15
     assert 0.8 < slope < 1.3, (slope, errors)
-    _ = math
 
 
 def test_bad_solver_for_fixed_grid_errors():

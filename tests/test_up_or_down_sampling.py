@@ -53,7 +53,14 @@ def transposed_conv_direct(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndar
 
 @pytest.mark.parametrize(
     "up, down, pad",
-    [(1, 1, (0, 0)), (2, 1, (2, 1)), (1, 2, (1, 1)), (3, 2, (1, 2)), (2, 2, (-1, 3)), (1, 1, (-1, -1))],
+    [
+        (1, 1, (0, 0)),
+        (2, 1, (2, 1)),
+        (1, 2, (1, 1)),
+        (3, 2, (1, 2)),
+        (2, 2, (-1, 3)),
+        (1, 1, (-1, -1)),
+    ],
 )
 def test_upfirdn2d_matches_definition(np_rng, up, down, pad):
     x = np_rng.standard_normal((2, 5, 6, 3)).astype(np.float32)

@@ -1,7 +1,8 @@
 """Score networks (NCSN++/DDPM++, DDPM, NCSNv2), their layers, and the checkpoint converter.
 
 - :func:`from_config`: a reference-style config -> a ``flax.linen`` module.
-- :func:`from_score_sde_pytorch`: a score_sde_pytorch state dict or checkpoint -> (module, variables).
+- :func:`from_score_sde_pytorch`: a score_sde_pytorch state dict or checkpoint -> (module,
+  variables); :func:`to_score_sde_pytorch` the other way.
 - :class:`NCSNpp`: NCSN++ and DDPM++ (Song et al., 2021).
 - :class:`DDPM`: the DDPM U-Net (Ho et al., 2020).
 - :class:`NCSNv2`, :class:`NCSN`: the RefineNets of NCSNv2 and NCSN (Song & Ermon, 2020, 2019).

@@ -278,9 +278,7 @@ def load_torch_params(
         if wrong:
             raise _mismatch_error(model, set(), set(), wrong)
 
-    flat = {
-        path: jnp.asarray(converted[path], dtype=shapes[path].dtype) for path in shapes
-    }
+    flat = {path: jnp.asarray(converted[path], dtype=shapes[path].dtype) for path in shapes}
     return traverse_util.unflatten_dict(flat)
 
 
@@ -316,7 +314,8 @@ def from_score_sde_pytorch(
       ...                  "num_res_blocks": 1, "attn_resolutions": [4]},
       ...        "data": {"centered": False, "image_size": 8, "num_channels": 3}}
       >>> model = sd.models.from_config(cfg)
-      >>> variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3)), np.ones(1))
+      >>> shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 8, 8, 3)), np.ones(1))
+      >>> variables = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)  # any weights
       >>> torch_sd = sd.models.to_score_sde_pytorch(variables, model)
       >>> model2, variables2 = sd.models.from_score_sde_pytorch(torch_sd, cfg)
       >>> bool(jax.tree.all(jax.tree.map(np.array_equal, variables, variables2)))
@@ -350,7 +349,8 @@ def to_score_sde_pytorch(
     Example:
       >>> import jax, numpy as np, scoresde as sd
       >>> model = sd.models.NCSNpp(nf=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=())
-      >>> variables = model.init(jax.random.key(0), np.zeros((1, 4, 4, 3)), np.ones(1))
+      >>> shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 4, 4, 3)), np.ones(1))
+      >>> variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
       >>> sd.models.to_score_sde_pytorch(variables, model)["module.all_modules.3.weight"].shape
       (16, 3, 3, 3)
     """

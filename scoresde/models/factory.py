@@ -2,10 +2,10 @@
 
 :func:`from_config` reads ``config.model.name`` and hands the config to the builder of that
 family (``ncsnpp``: :class:`~scoresde.models.ncsnpp.NCSNpp`, ``ddpm``: DDPM, ``ncsnv2``:
-NCSNv2). A config is an ``ml_collections.ConfigDict`` or a nested ``dict`` with the field
-names of the reference (``model.nf``, ``model.ch_mult``, ``data.centered`` ...), e.g. a
-fixture's ``config.json``. Each builder reads the fields of its family and returns a module
-with explicit, typed fields; nothing downstream sees the config.
+NCSNv2, ``ncsn``: NCSN). A config is an ``ml_collections.ConfigDict`` or a nested ``dict``
+with the field names of the reference (``model.nf``, ``model.ch_mult``, ``data.centered``
+...), e.g. a fixture's ``config.json``. Each builder reads the fields of its family and
+returns a module with explicit, typed fields; nothing downstream sees the config.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from flax import linen as nn
 #: The model names :func:`from_config` accepts (``config.model.name``). A family added here
 #: gets a ``<name>_from_config(config)`` builder in this file and an ``elif`` in
 #: :func:`from_config`.
-MODEL_NAMES = ("ncsnpp", "ddpm", "ncsnv2")
+MODEL_NAMES = ("ncsnpp", "ddpm", "ncsnv2", "ncsn")
 
 _MISSING = object()
 
@@ -149,12 +149,12 @@ def from_config(config: Any) -> nn.Module:
     if name == "ncsnpp":
         return ncsnpp_from_config(config)
     elif name == "ddpm":
-        return ddpm_from_config(config)  # noqa: F821 -- defined below by the DDPM family
+        return ddpm_from_config(config)
     elif name == "ncsnv2":
-        return ncsnv2_from_config(config)  # noqa: F821 -- defined below by the NCSNv2 family
-    raise ValueError(
-        f"from_config: config.model.name must be one of {MODEL_NAMES}, got {name!r}."
-    )
+        return ncsnv2_from_config(config)
+    elif name == "ncsn":
+        return ncsn_from_config(config)
+    raise ValueError(f"from_config: config.model.name must be one of {MODEL_NAMES}, got {name!r}.")
 
 
 def ddpm_from_config(config: Any) -> nn.Module:

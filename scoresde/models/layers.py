@@ -209,7 +209,9 @@ class AttnBlockpp(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> AttnBlockpp().init_with_output(jax.random.key(0), jnp.ones((1, 4, 4, 8)))[0].shape
+      >>> m = AttnBlockpp()
+      >>> x = jnp.ones((1, 4, 4, 8))
+      >>> jax.eval_shape(m.init_with_output, jax.random.key(0), x)[0].shape
       (1, 4, 4, 8)
     """
 
@@ -243,7 +245,7 @@ class Upsample(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> m = Upsample(out_ch=6, with_conv=True, fir=True)
-      >>> m.init_with_output(jax.random.key(0), jnp.ones((1, 4, 4, 3)))[0].shape
+      >>> jax.eval_shape(m.init_with_output, jax.random.key(0), jnp.ones((1, 4, 4, 3)))[0].shape
       (1, 8, 8, 6)
     """
 
@@ -278,7 +280,7 @@ class Downsample(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> m = Downsample(out_ch=6, with_conv=True, fir=True)
-      >>> m.init_with_output(jax.random.key(0), jnp.ones((1, 8, 8, 3)))[0].shape
+      >>> jax.eval_shape(m.init_with_output, jax.random.key(0), jnp.ones((1, 8, 8, 3)))[0].shape
       (1, 4, 4, 6)
     """
 
@@ -305,7 +307,7 @@ class Downsample(nn.Module):
 
 
 class _FIRConvParams(nn.Module):
-    """Holds ``kernel`` (HWIO) and ``bias`` of a FIR resampling conv (the reference's ``Conv2d_0``)."""
+    """Holds ``kernel`` (HWIO) and ``bias`` of a FIR resampling conv (``Conv2d_0`` in torch)."""
 
     dtype: Dtype = jnp.float32
 
@@ -319,7 +321,8 @@ class _FIRConvParams(nn.Module):
 class ResnetBlockDDPMpp(nn.Module):
     r"""DDPM++'s residual block (no resampling).
 
-    :math:`h = \mathrm{Conv_0}(\mathrm{act}(\mathrm{GN_0}(x))) + \mathrm{Dense_0}(\mathrm{act}(t_{emb}))`,
+    :math:`h = \mathrm{Conv_0}(\mathrm{act}(\mathrm{GN_0}(x)))
+    + \mathrm{Dense_0}(\mathrm{act}(t_{emb}))`,
     :math:`h = \mathrm{Conv_1}(\mathrm{dropout}(\mathrm{act}(\mathrm{GN_1}(h))))`; the shortcut
     is ``Conv_2`` (3x3, ``conv_shortcut``) or ``NIN_0`` when the width changes; the output is
     :math:`x + h`, divided by :math:`\sqrt 2` when ``skip_rescale``.
@@ -327,7 +330,8 @@ class ResnetBlockDDPMpp(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> m = ResnetBlockDDPMpp(act=jax.nn.silu, out_ch=8)
-      >>> m.init_with_output(jax.random.key(0), jnp.ones((1, 4, 4, 4)), jnp.ones((1, 16)))[0].shape
+      >>> x, temb = jnp.ones((1, 4, 4, 4)), jnp.ones((1, 16))
+      >>> jax.eval_shape(m.init_with_output, jax.random.key(0), x, temb)[0].shape
       (1, 4, 4, 8)
     """
 
@@ -374,7 +378,8 @@ class ResnetBlockBigGANpp(nn.Module):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> m = ResnetBlockBigGANpp(act=jax.nn.silu, down=True, fir=True)
-      >>> m.init_with_output(jax.random.key(0), jnp.ones((1, 8, 8, 4)), jnp.ones((1, 16)))[0].shape
+      >>> x, temb = jnp.ones((1, 8, 8, 4)), jnp.ones((1, 16))
+      >>> jax.eval_shape(m.init_with_output, jax.random.key(0), x, temb)[0].shape
       (1, 4, 4, 4)
     """
 

@@ -88,8 +88,8 @@ class NCSNpp(nn.Module):
       >>> import jax, jax.numpy as jnp
       >>> model = NCSNpp(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
       >>> x, sigma = jnp.zeros((2, 8, 8, 3)), jnp.array([0.5, 2.0])
-      >>> variables = model.init(jax.random.key(0), x, sigma)
-      >>> model.apply(variables, x, sigma).shape
+      >>> variables = jax.jit(model.init)(jax.random.key(0), x, sigma)
+      >>> jax.jit(model.apply)(variables, x, sigma).shape
       (2, 8, 8, 3)
     """
 
@@ -125,7 +125,9 @@ class NCSNpp(nn.Module):
         if self.nf < 1:
             raise ValueError(f"NCSNpp: nf must be >= 1, got nf={self.nf}.")
         if len(self.ch_mult) < 1 or any(m < 1 for m in self.ch_mult):
-            raise ValueError(f"NCSNpp: ch_mult must be non-empty positive ints, got {self.ch_mult}.")
+            raise ValueError(
+                f"NCSNpp: ch_mult must be non-empty positive ints, got {self.ch_mult}."
+            )
         if self.num_res_blocks < 1:
             raise ValueError(
                 f"NCSNpp: num_res_blocks must be >= 1, got num_res_blocks={self.num_res_blocks}."

@@ -44,7 +44,9 @@ def setup_kernel(k: Sequence[float] | np.ndarray) -> np.ndarray:
     if k.ndim == 1:
         k = np.outer(k, k)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.size == 0:
-        raise ValueError(f"FIR kernel must be 1-D or square 2-D and non-empty, got shape {k.shape}.")
+        raise ValueError(
+            f"FIR kernel must be 1-D or square 2-D and non-empty, got shape {k.shape}."
+        )
     total = k.sum()
     if total == 0:
         raise ValueError(f"FIR kernel must have a non-zero sum, got {k.tolist()}.")
@@ -201,7 +203,7 @@ def conv_downsample_2d(
     factor: int = 2,
     gain: float = 1.0,
 ) -> jax.Array:
-    """Fused FIR filter + strided convolution: blur with ``k``, then conv ``w`` with stride ``factor``.
+    """Fused FIR filter + strided conv: blur with ``k``, then conv ``w`` with stride ``factor``.
 
     With ``p = (K - factor) + (kw - 1)`` the blur pads ``((p + 1)//2, p//2)`` and the conv pads
     nothing.
