@@ -313,6 +313,17 @@ class Setup:
         return {"params": _host(state.ema_params), **_host(dict(state.model_state))}
 
 
+def _require_checkpoints(workdir: str | os.PathLike) -> pathlib.Path:
+    """``workdir/checkpoints``, or a FileNotFoundError saying to train first."""
+    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"no checkpoints in {directory}; train first: scoresde train --config ... "
+            f"--workdir {directory.parent}"
+        )
+    return directory
+
+
 def _restore(setup: Setup, step: int | None = None):
     """``(state, step)`` of the newest checkpoint, or of the one at ``step``."""
     from scoresde.checkpoints import CheckpointManager
@@ -323,12 +334,7 @@ def _restore(setup: Setup, step: int | None = None):
             found = super().steps()
             return found if step is None else [e for e in found if e[0] == step]
 
-    directory = setup.workdir / "checkpoints"
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"no checkpoints in {directory}; train first: scoresde train --config ... "
-            f"--workdir {setup.workdir}"
-        )
+    directory = _require_checkpoints(setup.workdir)
     with _AtStep(setup.workdir, async_save=False) as manager:
         available = sorted({s for s, _ in CheckpointManager.steps(manager)})
         restored = manager.restore(setup.fresh_state())
@@ -680,6 +686,7 @@ def cmd_sample(fv, config) -> int:
 
     from scoresde.logging_utils import RunLog, format_duration, save_image_grid, save_npz_atomic
 
+    _require_checkpoints(fv.workdir)
     setup = Setup.build(config, fv.workdir)
     if fv.num_samples < 1:
         raise UsageError(f"--num_samples must be >= 1, got {fv.num_samples}.")
@@ -747,6 +754,7 @@ def cmd_likelihood(fv, config) -> int:
 
     from scoresde.logging_utils import RunLog
 
+    _require_checkpoints(fv.workdir)
     setup = Setup.build(config, fv.workdir)
     split = fv.split or str(config.eval.bpd_dataset)
     num_repeats = int(fv.num_repeats or config.eval.num_repeats)
@@ -805,6 +813,7 @@ def cmd_eval(fv, config) -> int:
         write_json_atomic,
     )
 
+    _require_checkpoints(fv.workdir)
     setup = Setup.build(config, fv.workdir)
     primary = jax.process_index() == 0
     ev = config.eval

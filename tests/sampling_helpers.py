@@ -49,6 +49,29 @@ def sdes(n: int):
     }
 
 
+def isotropic_score_fn(gm, sde):
+    """The exact score of an isotropic mixture diffused by ``sde``, without linear algebra.
+
+    Component ``k`` of ``p_t`` is ``N(a mu_k, v I)`` with ``v = a^2 s^2 + sigma^2``, so the score
+    is ``sum_k r_k (a mu_k - x) / v`` with softmax responsibilities ``r_k``. Equal to
+    ``gm.score_fn(sde)`` (checked in ``test_isotropic_score_matches_mixture``) and much cheaper
+    on CPU than its batched Cholesky factorizations.
+    """
+    s2 = gm.covs[0, 0, 0]
+
+    def score_fn(x, t):
+        x_flat = x.reshape(x.shape[0], -1)
+        mean_coeff, std = sde.marginal_prob(jnp.ones((x.shape[0], 1), x.dtype), t)
+        a = mean_coeff[:, :1]
+        v = (a**2 * s2 + std[:, None] ** 2)[:, :, None]  # (B, 1, 1)
+        diff = a[:, :, None] * gm.means[None] - x_flat[:, None, :]  # (B, K, D)
+        logits = jnp.log(gm.weights) - 0.5 * jnp.sum(diff**2, -1) / v[:, :, 0]
+        resp = jax.nn.softmax(logits, axis=-1)
+        return (jnp.sum(resp[..., None] * diff, axis=1) / v[:, 0]).reshape(x.shape)
+
+    return score_fn
+
+
 def expected_mode_stats(gm, sde, denoise: bool, eps: float = EPS):
     """Per-mode mean (K, D) and per-coordinate std at ``eps`` (see the module docstring)."""
     ones = jnp.ones((1, 1))

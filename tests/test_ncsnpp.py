@@ -243,6 +243,18 @@ def test_init_scale_zero_makes_final_layers_tiny():
     assert (n_blocks, n_attn) == (5, 3)
 
 
+def test_bfloat16_compute_keeps_float32_params_and_output():
+    model = small_model(dtype=jnp.bfloat16)
+    x, sigma = jnp.zeros((2, 8, 8, 3)), jnp.ones(2)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x, sigma)
+    assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    out = jax.eval_shape(model.apply, variables, x, sigma)
+    assert out.dtype == jnp.float32 and out.shape == x.shape
+    hlo = jax.jit(model.apply).lower(variables, x, sigma).as_text()
+    convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
+    assert convs and all("bf16" in line for line in convs)  # every conv runs in bfloat16
+
+
 def test_group_norm_rule():
     assert [num_groups(c) for c in (4, 16, 32, 128, 256)] == [1, 4, 8, 32, 32]
     with pytest.raises(ValueError, match="at least 4 channels"):

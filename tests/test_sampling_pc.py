@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampling_helpers import EPS, ScoreCallCounter, check_mixture, mixture_2d, mixture_16d, sdes
+from sampling_helpers import (
+    EPS,
+    ScoreCallCounter,
+    check_mixture,
+    isotropic_score_fn,
+    mixture_2d,
+    mixture_16d,
+    sdes,
+)
 
 import scoresde as sd
 
@@ -53,7 +61,7 @@ def _run(key, name, predictor, corrector, dim, denoise=True):
     x, nfe = sd.sample_pc(
         key,
         sde,
-        gm.score_fn(sde),
+        isotropic_score_fn(gm, sde),
         (n, dim),
         predictor=predictor,
         corrector=corr,
@@ -114,7 +122,7 @@ def test_pc_all_combinations(key, name, predictor, corrector, dim):
 )
 def test_nfe_equals_counted_score_calls(key, predictor, corrector, n_corr, denoise):
     sde = sd.VPSDE(N=12)
-    counter = ScoreCallCounter(mixture_2d().score_fn(sde))
+    counter = ScoreCallCounter(isotropic_score_fn(mixture_2d(), sde))
     _, nfe = sd.sample_pc(
         key,
         sde,
@@ -132,7 +140,7 @@ def test_nfe_equals_counted_score_calls(key, predictor, corrector, n_corr, denoi
 def test_probability_flow_euler_is_the_deterministic_ode_loop(key):
     """EM with probability_flow=True and no corrector is Euler on the probability-flow ODE."""
     sde = sd.VESDE(sigma_max=20.0, N=20)
-    score_fn = mixture_2d().score_fn(sde)
+    score_fn = isotropic_score_fn(mixture_2d(), sde)
     x, _ = sd.sample_pc(
         key,
         sde,
@@ -155,7 +163,7 @@ def test_probability_flow_euler_is_the_deterministic_ode_loop(key):
 
 def test_probability_flow_reverse_diffusion_ignores_noise_key():
     sde = sd.VPSDE(N=20)
-    score_fn = mixture_2d().score_fn(sde)
+    score_fn = isotropic_score_fn(mixture_2d(), sde)
     # Same prior key (first half of the split), different noise keys: same output.
     prior_key = jax.random.key(3)
     outs = []
@@ -171,7 +179,7 @@ def test_probability_flow_reverse_diffusion_ignores_noise_key():
 
 def test_diffrax_euler_as_predictor_equals_euler_maruyama(key):
     sde = sd.SubVPSDE(N=30)
-    score_fn = mixture_2d().score_fn(sde)
+    score_fn = isotropic_score_fn(mixture_2d(), sde)
     a, _ = sd.sample_pc(key, sde, score_fn, (6, 2), predictor="euler_maruyama")
     b, _ = sd.sample_pc(key, sde, score_fn, (6, 2), predictor=diffrax.Euler())
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # same update, float32 reassociation
@@ -183,7 +191,7 @@ def test_num_steps_different_from_N_uses_the_grid(key):
     x, nfe = sd.sample_pc(
         key,
         sde,
-        gm.score_fn(sde),
+        isotropic_score_fn(gm, sde),
         (2000, 2),
         predictor="ancestral",
         corrector="none",
@@ -209,3 +217,14 @@ def test_bad_arguments_raise():
         sd.sample_pc(key, sde, score_fn, (2, 2), predictor="ancestral", probability_flow=True)
     with pytest.raises(ValueError, match="snr must be > 0"):
         sd.LangevinCorrector(snr=-1.0)
+
+
+def test_isotropic_score_matches_mixture(key):
+    """The tests' cheap isotropic score equals GaussianMixture's exact score."""
+    for sde in sdes(10).values():
+        for gm in (mixture_2d(), mixture_16d()):
+            x = gm.sample(key, 8) * 1.5
+            t = jnp.linspace(EPS, 1.0, 8)
+            np.testing.assert_allclose(
+                isotropic_score_fn(gm, sde)(x, t), gm.score_fn(sde)(x, t), rtol=2e-4, atol=2e-4
+            )

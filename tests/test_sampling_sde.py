@@ -7,7 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sampling_helpers import EPS, ScoreCallCounter, check_mixture, mixture_2d, mixture_16d, sdes
+from sampling_helpers import (
+    EPS,
+    ScoreCallCounter,
+    check_mixture,
+    isotropic_score_fn,
+    mixture_2d,
+    mixture_16d,
+    sdes,
+)
 
 import scoresde as sd
 
@@ -20,7 +28,7 @@ def test_sample_sde_reproduces_mixture(key, name, dim, solver):
     # 200 grid points; tolerances as in test_sampling_pc (Monte Carlo 5 SE + 10% std).
     sde = sdes(200)[name]
     gm = mixture_2d() if dim == 2 else mixture_16d()
-    x, nfe = sd.sample_sde(key, sde, gm.score_fn(sde), (2000, dim), solver=solver)
+    x, nfe = sd.sample_sde(key, sde, isotropic_score_fn(gm, sde), (2000, dim), solver=solver)
     check_mixture(x, gm, sde, denoise=True)
 
 
@@ -30,7 +38,7 @@ def test_sample_sde_adaptive_virtual_brownian_tree(key):
     x, nfe = sd.sample_sde(
         key,
         sde,
-        gm.score_fn(sde),
+        isotropic_score_fn(gm, sde),
         (2000, 2),
         solver=diffrax.SPaRK(),
         stepsize_controller=diffrax.PIDController(rtol=1e-2, atol=1e-2),
@@ -41,7 +49,7 @@ def test_sample_sde_adaptive_virtual_brownian_tree(key):
 @pytest.mark.parametrize("solver,per_step", [(diffrax.Euler(), 1), (diffrax.SRA1(), 2)])
 def test_sde_nfe_equals_counted_calls(key, solver, per_step):
     sde = sd.VPSDE(N=15)
-    counter = ScoreCallCounter(mixture_2d().score_fn(sde))
+    counter = ScoreCallCounter(isotropic_score_fn(mixture_2d(), sde))
     _, nfe = sd.sample_sde(key, sde, counter, (4, 2), solver=solver)
     assert int(nfe) == counter.count() == 14 * per_step + 1
 
@@ -61,7 +69,7 @@ def test_euler_maruyama_strong_order(key, x64):
     x_T = sde.prior_sampling(jax.random.fold_in(key, 1), (batch, 2))
     t0, t1 = -sde.T, -EPS
     path = diffrax.VirtualBrownianTree(t0, t1, tol=1e-6, shape=(batch, 2), key=key)
-    terms = sd.sampling.reverse_sde_terms(sde, gm.score_fn(sde), path)
+    terms = sd.sampling.reverse_sde_terms(sde, isotropic_score_fn(gm, sde), path)
 
     def solve(n):
         ts = jnp.linspace(t0, t1, n + 1)

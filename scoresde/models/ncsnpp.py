@@ -82,7 +82,7 @@ class NCSNpp(nn.Module):
       centered: the input is already in :math:`[-1, 1]`; otherwise :math:`x \mapsto 2x - 1`.
       sigma_min, sigma_max, num_scales: the geometric :math:`\sigma` table used by
         ``scale_by_sigma`` with the positional embedding.
-      dtype: the compute dtype (parameters stay float32).
+      dtype: the compute dtype (parameters stay float32; the output has the input's dtype).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -180,6 +180,7 @@ class NCSNpp(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"NCSNpp: x must be NHWC (B, H, W, C), got shape {x.shape}.")
         batch, height, width, channels = x.shape
+        out_dtype = x.dtype
         if labels.shape != (batch,):
             raise ValueError(
                 f"NCSNpp: labels must have shape (B,) = ({batch},), got {labels.shape}."
@@ -367,4 +368,4 @@ class NCSNpp(nn.Module):
 
         if self.scale_by_sigma:
             h = h / used_sigmas.reshape((batch, 1, 1, 1)).astype(h.dtype)
-        return h
+        return h.astype(out_dtype)

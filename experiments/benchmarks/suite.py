@@ -1,0 +1,277 @@
+r"""The scoresde benchmark suite: train step, forward, PC sampler, compile time, memory.
+
+One entry point for the figures of ``docs/benchmarks.md``. For each network (NCSN++ cont. of
+``ve/cifar10_ncsnpp_continuous.py``, DDPM++ cont. of ``vp/cifar10_ddpmpp_continuous.py``,
+randomly initialized, synthetic data already on the device) it measures
+
+- ``forward``: jitted score evaluations, images x NFE per second, at each ``--batches`` size
+  and compute dtype (float32 with the platform's default matmul precision, i.e. TF32 on
+  Hopper; and bfloat16 compute with float32 parameters), plus XLA's compiled memory estimate;
+- ``train``: the data-parallel train step (:func:`scoresde.make_train_step`, one device),
+  images per second, compile time, XLA's FLOP count per image, and the achieved TFLOP/s
+  (model FLOP utilisation against ``--peak-tflops``);
+- ``pc``: :func:`scoresde.sample_pc` with reverse diffusion + one Langevin corrector step,
+  ``--pc-steps`` steps, wall time (extrapolated to 1000 steps when fewer are run).
+
+Each timing: one warm-up call (compilation, timed separately), then ``--repeats`` calls with
+``block_until_ready``; the median is reported. A JSON line per measurement goes to stdout
+and to ``--out``; a table is printed last.
+
+GPU run (the issue's figures)::
+
+    PYTHONPATH=. python experiments/benchmarks/suite.py --out $OUT/suite.jsonl
+
+CPU smoke run (the configs' ``smoke`` networks, 16x16, seconds)::
+
+    PYTHONPATH=. python experiments/benchmarks/suite.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import scoresde as sd
+from scoresde.config_loading import load_config
+
+CONFIGS = {
+    "ncsnpp_ve": "experiments/configs/ve/cifar10_ncsnpp_continuous.py",
+    "ddpmpp_vp": "experiments/configs/vp/cifar10_ddpmpp_continuous.py",
+}
+
+
+def sde_from_model_config(config) -> sd.SDE:
+    m = config.model
+    name = config.training.sde.lower()
+    if name == "vesde":
+        return sd.VESDE(float(m.sigma_min), float(m.sigma_max), int(m.num_scales))
+    cls = sd.VPSDE if name == "vpsde" else sd.SubVPSDE
+    return cls(float(m.beta_min), float(m.beta_max), int(m.num_scales))
+
+
+def timed(fn, *args, repeats: int):
+    """(compile+first-call seconds, median seconds of ``repeats`` further calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def emit(record: dict, out) -> None:
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        **record,
+    }
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out is not None:
+        out.write(line + "\n")
+        out.flush()
+
+
+def bench_forward(name, config, args, out):
+    sde = sde_from_model_config(config)
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    base = sd.models.from_config(config)
+    variables = jax.jit(base.init, static_argnames="train")(
+        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+    )
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
+        for batch in args.batches:
+            x = jax.random.normal(jax.random.key(1), (batch, size, size, ch))
+            t = jnp.linspace(0.1, 1.0, batch)
+
+            def f(variables, x, t, model=model):
+                return sd.get_score_fn(sde, model, variables)(x, t)
+
+            jf = jax.jit(f)
+            lowered = jf.lower(variables, x, t)
+            compiled = lowered.compile()
+            mem = compiled.memory_analysis()
+            temp_gib = None if mem is None else mem.temp_size_in_bytes / 2**30
+            first, med = timed(compiled, variables, x, t, repeats=args.repeats)
+            rec = {
+                "bench": "forward",
+                "model": name,
+                "dtype": dtype_name,
+                "batch": batch,
+                "median_s": med,
+                "img_nfe_per_s": batch / med,
+                "xla_temp_gib": temp_gib,
+            }
+            emit(rec, out)
+            rows.append(rec)
+    return rows
+
+
+def _flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0] if cost else None
+    return None if not cost else float(cost.get("flops", 0.0))
+
+
+def bench_train(name, config, args, out):
+    sde = sde_from_model_config(config)
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    batch = args.train_batch
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        base = sd.models.from_config(config)
+        model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
+        variables = jax.jit(base.init, static_argnames="train")(
+            jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+        )
+        loss_fn = sd.losses.get_model_loss_fn(
+            sde,
+            model,
+            continuous=bool(config.training.continuous),
+            reduce_mean=bool(config.training.reduce_mean),
+            likelihood_weighting=bool(config.training.likelihood_weighting),
+        )
+        optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
+        step = sd.make_train_step(
+            loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=args.n_jitted_steps
+        )
+        state = step.replicate(sd.TrainState.create(variables["params"], optimizer, 0))
+        n = args.n_jitted_steps
+        shape = (n, batch, size, size, ch) if n > 1 else (batch, size, size, ch)
+        images = jax.random.uniform(jax.random.key(2), shape, minval=-1.0, maxval=1.0)
+        batch_arr = step.shard_batch({"image": np.asarray(images)})
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch_arr)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            state, metrics = step(state, batch_arr)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        flops_per_img = None
+        try:
+            f = _flops(step.fn.lower(state, batch_arr).compile())
+            flops_per_img = None if f is None else f / (batch * n)
+        except Exception as e:  # cost analysis is best-effort across backends
+            print(f"# cost analysis unavailable: {e}", file=sys.stderr)
+        img_s = batch * n / med
+        rec = {
+            "bench": "train",
+            "model": name,
+            "dtype": dtype_name,
+            "batch": batch,
+            "n_jitted_steps": n,
+            "median_s": med,
+            "img_per_s": img_s,
+            "compile_plus_first_s": compile_s,
+            "xla_gflop_per_img": None if flops_per_img is None else flops_per_img / 1e9,
+            "achieved_tflops": None if flops_per_img is None else flops_per_img * img_s / 1e12,
+            "mfu_vs_peak": None
+            if flops_per_img is None
+            else flops_per_img * img_s / (args.peak_tflops * 1e12),
+            "loss": float(np.asarray(metrics["loss"]).ravel()[-1]),
+        }
+        emit(rec, out)
+        rows.append(rec)
+    return rows
+
+
+def bench_pc(name, config, args, out):
+    sde = sde_from_model_config(config)
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    model = sd.models.from_config(config)
+    variables = jax.jit(model.init, static_argnames="train")(
+        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+    )
+    shape = (args.pc_batch, size, size, ch)
+
+    @jax.jit
+    def run(variables, key):
+        score_fn = sd.get_score_fn(sde, model, variables)
+        return sd.sample_pc(
+            key,
+            sde,
+            score_fn,
+            shape,
+            predictor="reverse_diffusion",
+            corrector="langevin",
+            snr=0.16,
+            n_corrector_steps=1,
+            num_steps=args.pc_steps,
+        )
+
+    first, med = timed(run, variables, jax.random.key(3), repeats=max(1, args.repeats // 5))
+    x, nfe = run(variables, jax.random.key(3))
+    rec = {
+        "bench": "pc",
+        "model": name,
+        "batch": args.pc_batch,
+        "num_steps": args.pc_steps,
+        "nfe": int(nfe),
+        "median_s": med,
+        "s_per_1000_steps": med * 1000 / args.pc_steps,
+        "compile_plus_first_s": first,
+        "finite": bool(jnp.all(jnp.isfinite(x))),
+    }
+    emit(rec, out)
+    return [rec]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny smoke networks for a CPU")
+    p.add_argument("--models", default=",".join(CONFIGS))
+    p.add_argument("--benches", default="forward,train,pc")
+    p.add_argument("--batches", default=None, help="forward batch sizes (default 128,512)")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--train-batch", type=int, default=None)
+    p.add_argument("--n-jitted-steps", type=int, default=1)
+    p.add_argument("--pc-batch", type=int, default=None)
+    p.add_argument("--pc-steps", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--peak-tflops", type=float, default=378.0, help="TF32 dense H100, measured")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    smoke = args.smoke
+    args.batches = [int(b) for b in (args.batches or ("2" if smoke else "128,512")).split(",")]
+    args.train_batch = args.train_batch or (2 if smoke else 128)
+    args.pc_batch = args.pc_batch or (2 if smoke else 128)
+    args.pc_steps = args.pc_steps or (5 if smoke else 1000)
+    args.repeats = args.repeats or (2 if smoke else 10)
+    out = open(args.out, "a") if args.out else None
+    rows = []
+    for name in args.models.split(","):
+        config = load_config(CONFIGS[name] + (":smoke" if smoke else ""))
+        for bench in args.benches.split(","):
+            fn = {"forward": bench_forward, "train": bench_train, "pc": bench_pc}[bench]
+            rows += fn(name, config, args, out)
+    print("\n| bench | model | dtype | batch | median s | rate |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        rate = r.get("img_nfe_per_s") or r.get("img_per_s") or r.get("s_per_1000_steps")
+        print(
+            f"| {r['bench']} | {r['model']} | {r.get('dtype', '')} | {r['batch']} | "
+            f"{r['median_s']:.4f} | {rate:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
