@@ -52,7 +52,7 @@ from scoresde.sampling import (
     tweedie_denoise,
 )
 from scoresde.score import get_score_fn
-from scoresde.sde import SDE, T_FINAL, ReverseSDE, ScoreFn, SubVPSDE, VESDE, VPSDE
+from scoresde.sde import SDE, T_FINAL, VESDE, VPSDE, ReverseSDE, ScoreFn, SubVPSDE
 from scoresde.train import (
     NonFiniteLossError,
     TrainState,

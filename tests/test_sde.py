@@ -196,7 +196,7 @@ def test_jit_vmap_and_float32(cls, np_rng):
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
         assert a.dtype == jnp.float32
         # XLA fuses differently under jit (a few float32 ulp per op over chains of ~10 ops, and
-    # VE's g^2 ~ 1e4 amplifies them: rtol 1e-5); DDPM's f = sqrt(1-beta) x - x is a difference of
+        # VE's g^2 ~ 1e4 amplifies them: rtol 1e-5); DDPM's f = sqrt(1-beta) x - x is a difference of
         # O(|x|) numbers (|x| < 5 here), so allow a few float32 ulp of |x| absolutely.
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
     # vmap over samples: per-sample calls with a batch of one agree with the batched call.

@@ -18,7 +18,7 @@ from flax import linen as nn
 #: The model names :func:`from_config` accepts (``config.model.name``). A family added here
 #: gets a ``<name>_from_config(config)`` builder in this file and an ``elif`` in
 #: :func:`from_config`.
-MODEL_NAMES = ("ncsnpp", "ddpm", "ncsnv2", "ncsn")
+MODEL_NAMES = ("ncsnpp", "ddpm", "ncsnv2", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256", "ncsn", "mlp")
 
 _MISSING = object()
 
@@ -150,10 +150,12 @@ def from_config(config: Any) -> nn.Module:
         return ncsnpp_from_config(config)
     elif name == "ddpm":
         return ddpm_from_config(config)
-    elif name == "ncsnv2":
+    elif name in ("ncsnv2", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256"):
         return ncsnv2_from_config(config)
     elif name == "ncsn":
         return ncsn_from_config(config)
+    elif name == "mlp":
+        return mlp_from_config(config)
     raise ValueError(f"from_config: config.model.name must be one of {MODEL_NAMES}, got {name!r}.")
 
 
@@ -285,3 +287,30 @@ def ncsn_from_config(config: Any) -> nn.Module:
     from scoresde.models.ncsnv2 import NCSN
 
     return NCSN(**_refinenet_kwargs(config, NCSN, "NCSN"))
+
+
+def mlp_from_config(config: Any) -> nn.Module:
+    """Builds :class:`~scoresde.models.mlp.ScoreMLP` (toy 2-D data) from ``config.model``.
+
+    Reads ``model.{nf, num_layers, embedding_type, fourier_scale, scale_by_sigma,
+    nonlinearity}``.
+
+    Example:
+      >>> mlp_from_config({"model": {"name": "mlp", "nf": 64, "num_layers": 2}}).nf
+      64
+    """
+    from scoresde.models.mlp import ScoreMLP
+
+    defaults = ScoreMLP.__dataclass_fields__
+
+    def f(name: str) -> Any:
+        return config_field(config, f"model.{name}", defaults[name].default)
+
+    return ScoreMLP(
+        nf=int(f("nf")),
+        num_layers=int(f("num_layers")),
+        embedding_type=str(f("embedding_type")),
+        fourier_scale=float(f("fourier_scale")),
+        scale_by_sigma=bool(f("scale_by_sigma")),
+        nonlinearity=str(f("nonlinearity")),
+    )
