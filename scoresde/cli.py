@@ -484,16 +484,30 @@ def _eval_loss_fn(setup: Setup):
     return fn
 
 
-def _flat(batch: dict, key: str) -> np.ndarray:
-    """A loader batch's ``key`` entry without the device axis: ``(D, b, ...)`` -> ``(D b, ...)``."""
-    x = np.asarray(batch[key])
-    return x.reshape(-1, *x.shape[2:])
+def _whole_split_loader(config, split: str = "eval"):
+    """An eval loader of the whole split, flat ``(B, ...)`` batches, on every process.
+
+    Evaluation runs the (small) loss computation on the full split in each process, so that
+    the number written by process 0 covers every example.
+    """
+    from scoresde.data import eval_loader_from_config
+
+    return eval_loader_from_config(
+        config, split, local_device_count=1, process_index=0, process_count=1, device_axis=False
+    )
 
 
 def dataset_eval_loss(setup: Setup, variables: dict, loader, max_batches: int | None = None):
     """Mean loss over the real (unmasked) examples of an eval loader; per-example keys.
 
-    Returns ``(mean_loss, num_examples)``.
+    Args:
+      setup: the run's objects.
+      variables: the network variables to evaluate (EMA).
+      loader: an eval loader with flat batches (:func:`_whole_split_loader`).
+      max_batches: evaluate only the first batches.
+
+    Returns:
+      ``(mean_loss, num_examples)``.
     """
     import jax
 
@@ -503,8 +517,8 @@ def dataset_eval_loss(setup: Setup, variables: dict, loader, max_batches: int | 
     batch_size = loader.geometry.batch_size
     for b in range(len(loader) if max_batches is None else min(max_batches, len(loader))):
         batch = loader.batch_at(b)
-        mask = _flat(batch, "mask")
-        x = _flat(batch, "image")[mask]
+        mask = np.asarray(batch["mask"])
+        x = np.asarray(batch["image"])[mask]
         idx = (b * batch_size + np.arange(len(mask)))[mask]
         keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
         loss = float(fn(variables, x, keys))
@@ -536,7 +550,7 @@ def cmd_train(fv, config) -> int:
     import jax
 
     from scoresde.checkpoints import CheckpointManager
-    from scoresde.data import eval_loader_from_config, train_loader_from_config
+    from scoresde.data import train_loader_from_config
     from scoresde.experiment import field, loss_fn_from_config
     from scoresde.logging_utils import RunLog, format_duration, progress_bar, save_image_grid
     from scoresde.train import NonFiniteLossError, data_mesh, make_train_step
@@ -579,7 +593,7 @@ def cmd_train(fv, config) -> int:
         for batch, position in loader.batches(data_state):
             yield batch["image"], position
 
-    eval_loader = eval_loader_from_config(config, "eval") if eval_freq > 0 else None
+    eval_loader = _whole_split_loader(config) if eval_freq > 0 else None
     bar = progress_bar(n_iters, initial=start, desc="train", enabled=primary and fv.progress)
     window: list[float] = []
     last = {"loss": float("nan")}
@@ -591,6 +605,7 @@ def cmd_train(fv, config) -> int:
         if step % log_freq == 0 or step == n_iters:
             mean = float(np.mean(window))
             window.clear()
+            last["mean_loss"] = mean
             bar.set_postfix(loss=f"{mean:.4g}")
             log.scalars(step, {"loss": mean, "grad_norm": metrics["grad_norm"]}, "train/")
             log.info(f"step {step}: loss {mean:.5g}, grad_norm {metrics['grad_norm']:.3g}")
@@ -637,10 +652,12 @@ def cmd_train(fv, config) -> int:
     bar.close()
     elapsed = time.time() - t0
     done = step - start
+    if done == 0 and start > 0:  # already trained: report on the saved state
+        state, step = _restore(setup)
     summary = (
         f"train done: step {step}/{n_iters}, {done} steps in {format_duration(elapsed)}"
         + (f" ({done / elapsed:.2f} steps/s)" if done and elapsed > 0 else "")
-        + f", last loss {last['loss']:.4g}"
+        + (f", loss {last.get('mean_loss', last['loss']):.4g}" if done else "")
     )
     if final_bpd:
         result = _likelihood_command_core(
@@ -781,7 +798,9 @@ def cmd_likelihood(fv, config) -> int:
 # -----------------------------------------------------------------------------------------
 
 
-def _checkpoints_to_evaluate(setup: Setup, all_checkpoints: bool) -> list[tuple[str, int]]:
+def _checkpoints_to_evaluate(
+    config, workdir: pathlib.Path, all_checkpoints: bool
+) -> list[tuple[str, int]]:
     """``(name, step)`` pairs to evaluate.
 
     As in the reference, checkpoint ``k`` of ``[eval.begin_ckpt, eval.end_ckpt]`` is the
@@ -791,11 +810,11 @@ def _checkpoints_to_evaluate(setup: Setup, all_checkpoints: bool) -> list[tuple[
     from scoresde.checkpoints import CheckpointManager
 
     if all_checkpoints:
-        with CheckpointManager(setup.workdir, async_save=False) as manager:
+        with CheckpointManager(workdir, async_save=False) as manager:
             steps = sorted({s for s, _ in manager.steps()})
         return [(f"step_{s}", s) for s in steps]
-    freq = int(setup.config.training.snapshot_freq)
-    begin, end = int(setup.config.eval.begin_ckpt), int(setup.config.eval.end_ckpt)
+    freq = int(config.training.snapshot_freq)
+    begin, end = int(config.eval.begin_ckpt), int(config.eval.end_ckpt)
     return [(f"ckpt_{k}", k * freq) for k in range(begin, end + 1)]
 
 
@@ -805,7 +824,6 @@ def cmd_eval(fv, config) -> int:
 
     import jax
 
-    from scoresde.data import eval_loader_from_config
     from scoresde.logging_utils import (
         RunLog,
         save_image_grid,
@@ -813,15 +831,16 @@ def cmd_eval(fv, config) -> int:
         write_json_atomic,
     )
 
-    _require_checkpoints(fv.workdir)
-    setup = Setup.build(config, fv.workdir)
+    checkpoints = _require_checkpoints(fv.workdir)
+    workdir = checkpoints.parent
+    setup = None  # built once a checkpoint needs evaluating
     primary = jax.process_index() == 0
     ev = config.eval
-    log = RunLog(setup.workdir, "eval")
-    todo = _checkpoints_to_evaluate(setup, fv.all_checkpoints)
+    log = RunLog(workdir, "eval")
+    todo = _checkpoints_to_evaluate(config, workdir, fv.all_checkpoints)
     if not todo:
-        raise FileNotFoundError(f"no checkpoints to evaluate in {setup.workdir / 'checkpoints'}.")
-    eval_dir = setup.workdir / EVAL_DIR
+        raise FileNotFoundError(f"no checkpoints to evaluate in {checkpoints}.")
+    eval_dir = workdir / EVAL_DIR
     enable_loss = bool(ev.get("enable_loss", True))
     enable_bpd = bool(ev.get("enable_bpd", False))
     enable_sampling = bool(ev.get("enable_sampling", False))
@@ -832,6 +851,8 @@ def cmd_eval(fv, config) -> int:
         if result.get("complete"):
             log.info(f"{name} (step {step}): already evaluated -> {result_path}")
             continue
+        if setup is None:
+            setup = Setup.build(config, workdir)
         try:
             state, _ = _restore(setup, step)
         except FileNotFoundError:
@@ -841,7 +862,7 @@ def cmd_eval(fv, config) -> int:
         variables = setup.ema_variables(state)
         result.update({"name": name, "step": step, "complete": False})
         if enable_loss and "eval_loss" not in result:
-            loss, n = dataset_eval_loss(setup, variables, eval_loader_from_config(config, "eval"))
+            loss, n = dataset_eval_loss(setup, variables, _whole_split_loader(config))
             result.update(eval_loss=loss, eval_loss_examples=n)
             log.scalars(step, {"eval_loss": loss}, "eval/")
             log.info(f"{name} (step {step}): eval loss {loss:.5g} over {n} examples")

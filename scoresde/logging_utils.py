@@ -34,6 +34,19 @@ GRID_PADDING = 2
 SCATTER_PIXELS = 256
 
 
+def _file_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask); mkstemp uses 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish(tmp: str, path: pathlib.Path) -> None:
+    """Gives a finished temporary file the usual permissions and renames it into place."""
+    os.chmod(tmp, _file_mode())
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Writes ``obj`` as JSON to ``path`` through a temporary file and :func:`os.replace`.
 
@@ -51,7 +64,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -66,7 +79,7 @@ def save_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     os.close(fd)
     try:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -169,7 +182,7 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     os.close(fd)
     try:
         pil.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

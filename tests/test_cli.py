@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -37,6 +38,32 @@ TINY = [
 ]
 
 
+#: JAX settings of the persistent compilation cache used by the end-to-end test.
+_CACHE_SETTINGS = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@pytest.fixture
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for one test, so that each command of the run
+    (resumed training, sampling, evaluation) reuses what an earlier one compiled; the
+    previous settings are restored afterwards."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    old = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS}
+    cc.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+    for name, value in old.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
 def _run(command: str, workdir: pathlib.Path, *extra: str) -> int:
     return cli.main([command, f"--config={DIGITS_SMOKE}", f"--workdir={workdir}", *TINY, *extra])
 
@@ -50,7 +77,7 @@ def _saved_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(found)
 
 
-def test_end_to_end(tmp_path):
+def test_end_to_end(tmp_path, compilation_cache):
     workdir = tmp_path / "run"
     before = set(tmp_path.iterdir())
 

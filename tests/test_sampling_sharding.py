@@ -16,7 +16,8 @@ SCRIPT = textwrap.dedent(
                                       jnp.array([[-2.0, -2.0], [2.0, 2.0]]), 0.2)
     sde = sd.VPSDE(N=20)
     key = jax.random.key(7)
-    for corrector in ("langevin", sd.LangevinCorrector(batch_averaged=True)):
+    # batch-averaged Langevin: its batch means are global reductions over the mesh
+    for corrector in (sd.LangevinCorrector(batch_averaged=True),):
         kw = dict(predictor="reverse_diffusion", corrector=corrector)
         x1, n1 = sd.sample_pc(key, sde, gm.score_fn(sde), (16, 2), **kw)
         x4, n4 = sd.sample_sharded(sd.sample_pc, key, sde, gm.score_fn(sde), (16, 2), **kw)

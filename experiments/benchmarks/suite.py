@@ -218,7 +218,7 @@ def bench_pc(name, config, args, out):
             num_steps=args.pc_steps,
         )
 
-    first, med = timed(run, variables, jax.random.key(3), repeats=max(1, args.repeats // 5))
+    first, med = timed(run, variables, jax.random.key(3), repeats=args.pc_repeats)
     x, nfe = run(variables, jax.random.key(3))
     rec = {
         "bench": "pc",
@@ -249,6 +249,14 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=378.0, help="TF32 dense H100, measured")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--init-scale",
+        type=float,
+        default=1.0,
+        help="model.init_scale override: the configs' 0 makes a random network's score ~0, "
+        "and the Langevin step size 1/|score|^2 then overflows",
+    )
+    p.add_argument("--pc-repeats", type=int, default=1)
     args = p.parse_args(argv)
     smoke = args.smoke
     args.batches = [int(b) for b in (args.batches or ("2" if smoke else "128,512")).split(",")]
@@ -259,7 +267,10 @@ def main(argv=None) -> None:
     out = open(args.out, "a") if args.out else None
     rows = []
     for name in args.models.split(","):
-        config = load_config(CONFIGS[name] + (":smoke" if smoke else ""))
+        config = load_config(
+            CONFIGS[name] + (":smoke" if smoke else ""),
+            overrides=[f"model.init_scale={args.init_scale}"],
+        )
         for bench in args.benches.split(","):
             fn = {"forward": bench_forward, "train": bench_train, "pc": bench_pc}[bench]
             rows += fn(name, config, args, out)

@@ -184,11 +184,12 @@ def sample_inpaint(
     Example:
       >>> import jax, jax.numpy as jnp, scoresde as sd
       >>> gm = sd.GaussianMixture.isotropic(jnp.array([0.5, 0.5]),
-      ...                                   jnp.array([[-2.0, -2.0], [2.0, 2.0]]), 0.2)
+      ...                                   jnp.array([[-3.0, -1.0], [3.0, 1.0]]), 0.2)
       >>> sde = sd.VPSDE(N=100)
-      >>> data = jnp.full((8, 2), 2.0); mask = jnp.array([[1.0, 0.0]])
-      >>> x, nfe = sd.sample_inpaint(jax.random.key(0), sde, gm.score_fn(sde), data, mask)
-      >>> bool((x[:, 0] == 2.0).all()), bool((jnp.abs(x[:, 1] - 2.0) < 1.0).all())
+      >>> data = jnp.full((8, 2), 3.0); mask = jnp.array([[1.0, 0.0]])
+      >>> x, nfe = sd.sample_inpaint(jax.random.key(0), sde, gm.score_fn(sde), data, mask,
+      ...                            corrector="ald")
+      >>> bool((x[:, 0] == 3.0).all()), bool(jnp.abs(jnp.median(x[:, 1]) - 1.0) < 0.3)
       (True, True)
     """
     data = jnp.asarray(data)

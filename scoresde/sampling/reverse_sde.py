@@ -107,7 +107,8 @@ def reverse_sde_terms(sde: SDE, score_fn: ScoreFn, path: diffrax.AbstractPath) -
       >>> import jax, jax.numpy as jnp, diffrax, scoresde as sd
       >>> bm = diffrax.UnsafeBrownianPath(shape=(4, 2), key=jax.random.key(0))
       >>> terms = sd.sampling.reverse_sde_terms(sd.VPSDE(), lambda x, t: -x, bm)
-      >>> sol = diffrax.diffeqsolve(terms, diffrax.Euler(), -1.0, -1e-3, 0.01, jnp.ones((4, 2)))
+      >>> sol = diffrax.diffeqsolve(terms, diffrax.Euler(), -1.0, -1e-3, 0.01, jnp.ones((4, 2)),
+      ...                           adjoint=diffrax.ForwardMode())
       >>> sol.ys.shape
       (1, 4, 2)
     """
