@@ -787,6 +787,8 @@ def test_smoke_networks_trace():
     distinct (network, input shape) is traced once.
     """
     models = pytest.importorskip("scoresde.models", reason="scoresde.models.from_config missing")
+    from scoresde.experiment import sde_from_config
+
     seen = {}
     for rel in ALL:
         c = load_config(f"{CONFIGS}/{rel}:smoke")
@@ -794,10 +796,15 @@ def test_smoke_networks_trace():
             model = models.from_config(c)
         except ValueError:  # an unknown model.name fails test_smoke_variant_builds_model
             continue
-        seen.setdefault((repr(model), _data_shape(c)), (rel, model))
-    for (_, shape), (rel, model) in seen.items():
+        # The label dtype comes from the SDE's convention: discrete VE models (NCSN,
+        # NCSNv2) take integer noise levels, every other network float time labels.
+        sde = sde_from_config(c)
+        t = jnp.full(_data_shape(c)[:1], 0.5)
+        label_dtype = sde.network_labels(t, bool(c.training.continuous)).dtype
+        seen.setdefault((repr(model), _data_shape(c), str(label_dtype)), (rel, model))
+    for (_, shape, label_dtype), (rel, model) in seen.items():
         x = jax.ShapeDtypeStruct(shape, jnp.float32)
-        labels = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
+        labels = jax.ShapeDtypeStruct(shape[:1], jnp.dtype(label_dtype))
         variables = jax.eval_shape(
             lambda k, x, t, m=model: m.init(k, x, t, train=False), jax.random.key(0), x, labels
         )

@@ -174,8 +174,14 @@ def sample_inpaint(
       score_fn: the unconditional ``score_fn(x, t)``.
       data: ``(B, *dims)``; only the known entries are used.
       mask: 1 (known) / 0 (to sample), broadcastable to ``data`` (e.g. ``(B, H, W, 1)``).
-      predictor, corrector, snr, n_corrector_steps, num_steps, eps, denoise,
-        probability_flow: as :func:`scoresde.sample_pc`.
+      predictor: the predictor, as in :func:`scoresde.sample_pc`.
+      corrector: the corrector, as in :func:`scoresde.sample_pc`.
+      snr: the corrector's signal-to-noise ratio, as in :func:`scoresde.sample_pc`.
+      n_corrector_steps: corrector steps per time step, as in :func:`scoresde.sample_pc`.
+      num_steps: grid points from ``T`` to ``eps``; ``None`` means ``sde.N``.
+      eps: the last time of the grid.
+      denoise: end with Tweedie's denoising step at ``eps`` (before the known entries are reset).
+      probability_flow: predict with the probability-flow ODE instead of the reverse SDE.
 
     Returns:
       ``(x, nfe)``: the completed samples (known entries equal to ``data``) and the number
@@ -242,8 +248,14 @@ def sample_colorize(
       sde: the forward SDE.
       score_fn: the unconditional score of RGB images ``(B, ..., 3)``.
       gray: gray levels ``(B, ..., 1)``, or RGB ``(B, ..., 3)`` whose channel mean is used.
-      predictor, corrector, snr, n_corrector_steps, num_steps, eps, denoise,
-        probability_flow: as :func:`scoresde.sample_pc`.
+      predictor: the predictor, as in :func:`scoresde.sample_pc`.
+      corrector: the corrector, as in :func:`scoresde.sample_pc`.
+      snr: the corrector's signal-to-noise ratio, as in :func:`scoresde.sample_pc`.
+      n_corrector_steps: corrector steps per time step, as in :func:`scoresde.sample_pc`.
+      num_steps: grid points from ``T`` to ``eps``; ``None`` means ``sde.N``.
+      eps: the last time of the grid.
+      denoise: end with Tweedie's denoising step at ``eps`` (before the known entries are reset).
+      probability_flow: predict with the probability-flow ODE instead of the reverse SDE.
 
     Returns:
       ``(x, nfe)``: RGB samples ``(B, ..., 3)`` with ``x.mean(-1) == gray`` and the number
