@@ -37,13 +37,12 @@ import optax
 from flax import linen as nn
 
 from scoresde.losses import ModelLossFn, get_model_loss_fn
+from scoresde.models.factory import config_field
 from scoresde.sampling import sample_ode, sample_pc
 from scoresde.sampling.pc import DEFAULT_EPS
 from scoresde.score import get_score_fn
 from scoresde.sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
 from scoresde.train import make_optimizer
-
-_MISSING = object()
 
 #: ``training.sde`` values and the SDE each names.
 SDE_CLASSES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
@@ -53,24 +52,9 @@ PREDICTOR_ALIASES = {"ancestral_sampling": "ancestral"}
 OPTIMIZERS = ("adam",)
 
 
-def field(config: Any, dotted: str, default: Any = _MISSING) -> Any:
-    """Reads ``config.<section>.<field>``; a missing field without ``default`` is an error.
-
-    Example:
-      >>> field({"training": {"sde": "vpsde"}}, "training.sde")
-      'vpsde'
-      >>> field({"training": {}}, "training.importance_sampling", False)
-      False
-    """
-    node = config
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            if default is not _MISSING:
-                return default
-            raise ValueError(f"config: the field {dotted!r} is missing; add it.") from None
-    return node
+#: Reads ``config.<section>.<field>`` (one implementation for the library: see
+#: :func:`scoresde.models.factory.config_field`).
+field = config_field
 
 
 def sde_from_config(config: Any) -> SDE:

@@ -64,15 +64,11 @@ _TOY_EVAL_SEED_OFFSET = 1_000_003
 
 
 def _field(config: Any, dotted: str, default: Any = _MISSING) -> Any:
-    node = config
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            if default is not _MISSING:
-                return default
-            raise ValueError(f"config: the field {dotted!r} is missing; add it.") from None
-    return node
+    from scoresde.models.factory import config_field
+
+    if default is _MISSING:
+        return config_field(config, dotted)
+    return config_field(config, dotted, default)
 
 
 def dataset_name(config: Any) -> str:
