@@ -1,7 +1,5 @@
 r"""The ``scoresde`` command: train, sample, likelihood and eval from an experiment config.
 
-::
-
     scoresde train      --config CONFIG_FILE --workdir DIR   # resumes if DIR holds a checkpoint
     scoresde sample     --config CONFIG_FILE --workdir DIR   # sample grid PNG + npz
     scoresde likelihood --config CONFIG_FILE --workdir DIR   # bits/dim over a split, with repeats
@@ -12,7 +10,7 @@ selects its tiny variant); ``--config.section.field=value`` overrides a field (t
 is a Python literal of the field's type). Flags are absl flags (``--flag=value``,
 ``--flag value``, ``--[no]flag``); ``scoresde COMMAND --help`` lists them.
 
-Everything a command writes is inside ``--workdir``::
+Everything a command writes is inside ``--workdir``:
 
     checkpoints/           Orbax checkpoints (train; read by the other commands)
     log.txt                every command's log lines, appended

@@ -88,8 +88,8 @@ class NCSNpp(nn.Module):
       >>> import jax, jax.numpy as jnp
       >>> model = NCSNpp(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
       >>> x, sigma = jnp.zeros((2, 8, 8, 3)), jnp.array([0.5, 2.0])
-      >>> variables = jax.jit(model.init)(jax.random.key(0), x, sigma)
-      >>> jax.jit(model.apply)(variables, x, sigma).shape
+      >>> variables = jax.eval_shape(model.init, jax.random.key(0), x, sigma)  # shapes only
+      >>> jax.eval_shape(model.apply, variables, x, sigma).shape
       (2, 8, 8, 3)
     """
 
