@@ -131,7 +131,9 @@ def init_variables(model: nn.Module, key: jax.Array, data_shape: tuple[int, ...]
       (2, 2)
     """
     x = jnp.zeros((1, *data_shape), jnp.float32)
-    labels = jnp.zeros((1,), jnp.float32)
+    # Integer labels: every family accepts them (discrete VE networks, NCSN and NCSNv2, take
+    # nothing else), and parameter shapes do not depend on the label's dtype.
+    labels = jnp.zeros((1,), jnp.int32)
     variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, labels, train=False))(
         key
     )
