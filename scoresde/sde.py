@@ -64,6 +64,13 @@ class SDE(abc.ABC):
     r"""Abstract forward SDE :math:`dx = f(x, t)\,dt + g(t)\,dw` on :math:`t \in [0, T]`.
 
     Concrete SDEs are :class:`VPSDE`, :class:`SubVPSDE` and :class:`VESDE`.
+
+    Example:
+      >>> import jax.numpy as jnp, scoresde as sd
+      >>> x, t = jnp.zeros((2, 3)), jnp.array([0.2, 0.8])
+      >>> [type(s).__name__ for s in (sd.VPSDE(), sd.SubVPSDE(), sd.VESDE())
+      ...  if isinstance(s, sd.SDE) and s.marginal_prob(x, t)[1].shape == (2,)]
+      ['VPSDE', 'SubVPSDE', 'VESDE']
     """
 
     N: int
@@ -504,6 +511,13 @@ class ReverseSDE:
       forward: the forward :class:`SDE`.
       score_fn: ``score_fn(x, t)`` approximating :math:`\nabla_x\log p_t(x)`.
       probability_flow: whether this is the probability-flow ODE (zero diffusion).
+
+    Example:
+      >>> import jax.numpy as jnp, scoresde as sd
+      >>> ode = sd.VESDE().reverse(lambda x, t: -x, probability_flow=True)
+      >>> _, diffusion = ode.sde(jnp.ones((2, 3)), jnp.full((2,), 0.5))
+      >>> [float(g) for g in diffusion]
+      [0.0, 0.0]
     """
 
     forward: SDE

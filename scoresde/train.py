@@ -52,6 +52,12 @@ class TrainState:
       opt_state: the optax optimizer state.
       ema_params: exponential moving average of ``params``.
       rng: raw ``uint32`` key data of the run's base PRNG key (``jax.random.key_data``).
+
+    Example:
+      >>> import jax.numpy as jnp, optax, scoresde as sd
+      >>> state = sd.TrainState.create({"w": jnp.zeros(2)}, optax.sgd(0.1), rng=0)
+      >>> int(state.step), state.ema_params["w"].shape
+      (0, (2,))
     """
 
     step: jax.Array
