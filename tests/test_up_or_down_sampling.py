@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -151,3 +152,17 @@ def test_upfirdn2d_under_jit_and_bad_input(np_rng):
         fir.upfirdn2d(x[0], k)
     with pytest.raises(ValueError, match="up and down"):
         fir.upfirdn2d(x, k, up=0)
+
+
+def test_upfirdn2d_with_a_traced_kernel_and_bfloat16(np_rng):
+    """A kernel passed through jit (traced, not a constant) gives the same values; the output
+    keeps the input's dtype (bfloat16 compute stays bfloat16)."""
+    x = np_rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    k = fir.setup_kernel([1, 3, 3, 1])
+    want = np.asarray(fir.upfirdn2d(x, k, down=2, pad=(1, 1)))
+    got = jax.jit(lambda x, k: fir.upfirdn2d(x, k, down=2, pad=(1, 1)))(x, k)
+    np.testing.assert_allclose(np.asarray(got), want, atol=ATOL)
+    low = fir.upfirdn2d(jnp.asarray(x, jnp.bfloat16), k, up=2, pad=(2, 1))
+    assert low.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        fir.upfirdn2d(x, k, pad=(-2, -2))

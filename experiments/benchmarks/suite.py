@@ -84,29 +84,38 @@ def emit(record: dict, out) -> None:
         out.flush()
 
 
-def bench_forward(name, config, args, out):
+def build_forward(config, dtype_name: str, batch: int, variables=None):
+    """(jitted score function, its arguments) for one network, compute dtype and batch."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     base = sd.models.from_config(config)
-    variables = jax.jit(base.init, static_argnames="train")(
-        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-    )
+    if variables is None:
+        variables = jax.jit(base.init, static_argnames="train")(
+            jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+        )
+    model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
+    x = jax.random.normal(jax.random.key(1), (batch, size, size, ch))
+    t = jnp.linspace(0.1, 1.0, batch)
+
+    def f(variables, x, t):
+        return sd.get_score_fn(sde, model, variables)(x, t)
+
+    return jax.jit(f), (variables, x, t)
+
+
+def bench_forward(name, config, args, out):
     rows = []
+    variables = None
     for dtype_name in args.dtypes.split(","):
-        model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
         for batch in args.batches:
-            x = jax.random.normal(jax.random.key(1), (batch, size, size, ch))
-            t = jnp.linspace(0.1, 1.0, batch)
-
-            def f(variables, x, t, model=model):
-                return sd.get_score_fn(sde, model, variables)(x, t)
-
-            jf = jax.jit(f)
-            lowered = jf.lower(variables, x, t)
-            compiled = lowered.compile()
+            jf, call_args = build_forward(config, dtype_name, batch, variables)
+            variables = call_args[0]
+            t0 = time.perf_counter()
+            compiled = jf.lower(*call_args).compile()
+            compile_s = time.perf_counter() - t0
             mem = compiled.memory_analysis()
             temp_gib = None if mem is None else mem.temp_size_in_bytes / 2**30
-            first, med = timed(compiled, variables, x, t, repeats=args.repeats)
+            first, med = timed(compiled, *call_args, repeats=args.repeats)
             rec = {
                 "bench": "forward",
                 "model": name,
@@ -114,6 +123,7 @@ def bench_forward(name, config, args, out):
                 "batch": batch,
                 "median_s": med,
                 "img_nfe_per_s": batch / med,
+                "compile_s": compile_s,
                 "xla_temp_gib": temp_gib,
             }
             emit(rec, out)
@@ -128,51 +138,75 @@ def _flops(compiled) -> float | None:
     return None if not cost else float(cost.get("flops", 0.0))
 
 
-def bench_train(name, config, args, out):
+#: Forward+backward GFLOP per image of the full-size CIFAR-10 networks (the performance
+#: issue's counts; XLA's cost analysis leaves out cuDNN convolutions on GPU).
+MODEL_GFLOP_PER_IMG = {"ncsnpp_ve": 65.25, "ddpmpp_vp": 65.07}
+
+
+def peak_tflops(args, dtype_name: str) -> float:
+    """The measured dense ceiling for the compute dtype (TF32 for float32)."""
+    return args.peak_tflops_bf16 if dtype_name == "bfloat16" else args.peak_tflops
+
+
+def peak_memory_gib() -> float | None:
+    """The device allocator's peak bytes in use so far (None where not reported)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**30
+
+
+def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int):
+    """(train step, replicated state, sharded synthetic batch) for one network and dtype."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    batch = args.train_batch
+    base = sd.models.from_config(config)
+    model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
+    variables = jax.jit(base.init, static_argnames="train")(
+        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+    )
+    loss_fn = sd.losses.get_model_loss_fn(
+        sde,
+        model,
+        continuous=bool(config.training.continuous),
+        reduce_mean=bool(config.training.reduce_mean),
+        likelihood_weighting=bool(config.training.likelihood_weighting),
+    )
+    optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
+    step = sd.make_train_step(loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=n_jitted_steps)
+    state = step.replicate(sd.TrainState.create(variables["params"], optimizer, 0))
+    n = n_jitted_steps
+    shape = (n, batch, size, size, ch) if n > 1 else (batch, size, size, ch)
+    images = jax.random.uniform(jax.random.key(2), shape, minval=-1.0, maxval=1.0)
+    return step, state, step.shard_batch({"image": np.asarray(images)})
+
+
+def bench_train(name, config, args, out):
+    batch, n = args.train_batch, args.n_jitted_steps
     rows = []
     for dtype_name in args.dtypes.split(","):
-        base = sd.models.from_config(config)
-        model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
-        variables = jax.jit(base.init, static_argnames="train")(
-            jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-        )
-        loss_fn = sd.losses.get_model_loss_fn(
-            sde,
-            model,
-            continuous=bool(config.training.continuous),
-            reduce_mean=bool(config.training.reduce_mean),
-            likelihood_weighting=bool(config.training.likelihood_weighting),
-        )
-        optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
-        step = sd.make_train_step(
-            loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=args.n_jitted_steps
-        )
-        state = step.replicate(sd.TrainState.create(variables["params"], optimizer, 0))
-        n = args.n_jitted_steps
-        shape = (n, batch, size, size, ch) if n > 1 else (batch, size, size, ch)
-        images = jax.random.uniform(jax.random.key(2), shape, minval=-1.0, maxval=1.0)
-        batch_arr = step.shard_batch({"image": np.asarray(images)})
+        step, state, batch_arr = build_train(config, dtype_name, batch, n)
         t0 = time.perf_counter()
-        state, metrics = step(state, batch_arr)
-        jax.block_until_ready(metrics)
+        compiled = step.fn.lower(state, batch_arr).compile()
         compile_s = time.perf_counter() - t0
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            state, metrics = step(state, batch_arr)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
         flops_per_img = None
         try:
-            f = _flops(step.fn.lower(state, batch_arr).compile())
+            f = _flops(compiled)
             flops_per_img = None if f is None else f / (batch * n)
         except Exception as e:  # cost analysis is best-effort across backends
             print(f"# cost analysis unavailable: {e}", file=sys.stderr)
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch_arr)
+        jax.block_until_ready(metrics)
+        first_s = time.perf_counter() - t0
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch_arr)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
         img_s = batch * n / med
+        model_gflop = MODEL_GFLOP_PER_IMG.get(name) if not args.smoke else None
         rec = {
             "bench": "train",
             "model": name,
@@ -181,16 +215,19 @@ def bench_train(name, config, args, out):
             "n_jitted_steps": n,
             "median_s": med,
             "img_per_s": img_s,
-            "compile_plus_first_s": compile_s,
+            "compile_s": compile_s,
+            "first_step_s": first_s,
+            "peak_gib": peak_memory_gib(),
             "xla_gflop_per_img": None if flops_per_img is None else flops_per_img / 1e9,
-            "achieved_tflops": None if flops_per_img is None else flops_per_img * img_s / 1e12,
-            "mfu_vs_peak": None
-            if flops_per_img is None
-            else flops_per_img * img_s / (args.peak_tflops * 1e12),
+            "model_gflop_per_img": model_gflop,
+            "mfu": None
+            if model_gflop is None
+            else model_gflop * 1e9 * img_s / (peak_tflops(args, dtype_name) * 1e12),
             "loss": float(np.asarray(metrics["loss"]).ravel()[-1]),
         }
         emit(rec, out)
         rows.append(rec)
+        del state, batch_arr, compiled
     return rows
 
 
@@ -248,6 +285,7 @@ def main(argv=None) -> None:
     p.add_argument("--pc-steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=378.0, help="TF32 dense H100, measured")
+    p.add_argument("--peak-tflops-bf16", type=float, default=783.0, help="bf16 dense H100")
     p.add_argument("--out", default=None)
     p.add_argument(
         "--init-scale",

@@ -8,9 +8,11 @@ NCSN++ (Song et al., 2021) uses for anti-aliased resampling:
 3. convolve (true convolution, the kernel flipped) with the 2-D kernel ``k``, per channel,
 4. keep every ``down``-th pixel.
 
-All of it is one depthwise ``lax.conv_general_dilated`` (``lhs_dilation=up`` does the zero
-insertion, ``window_strides=down`` the decimation, ``feature_group_count=C`` keeps channels
-apart), so XLA sees a single fusable convolution and no Python loops.
+The filter is written as a sum of ``K_h K_w`` strided slices of the zero-inserted, padded
+image, each scaled by one kernel tap. XLA fuses the interior padding, the slices and the sum
+into one elementwise kernel that reads the input once and writes the output once (and the same
+for its transpose in the backward pass). A depthwise ``lax.conv_general_dilated`` computes the
+same thing, but on GPU it runs as a slow grouped convolution (see ``docs/benchmarks.md``).
 
 A 1-D kernel ``k`` of length K becomes the separable 2-D kernel :math:`k k^\top / (\sum k)^2`.
 The default ``(1, 3, 3, 1)`` is the binomial filter of the reference.
@@ -96,24 +98,40 @@ def upfirdn2d(
     _check_nhwc(x, "upfirdn2d")
     if up < 1 or down < 1:
         raise ValueError(f"upfirdn2d: up and down must be >= 1, got up={up}, down={down}.")
-    k = jnp.asarray(kernel, dtype=x.dtype)
+    if isinstance(kernel, jax.core.Tracer):
+        k = kernel.astype(x.dtype)
+    else:
+        k = np.asarray(kernel, dtype=np.float32)
     if k.ndim != 2:
         raise ValueError(f"upfirdn2d: kernel must be 2-D, got shape {k.shape}.")
     p0, p1 = _pair(pad)
-    channels = x.shape[-1]
-    # Flip for a true convolution; one copy of the kernel per channel (depthwise).
-    w = jnp.broadcast_to(k[::-1, ::-1, None, None], (*k.shape, 1, channels))
-    # lhs_dilation leaves no zeros after the last pixel; upfirdn does, so pad them after.
-    padding = ((p0, p1 + up - 1), (p0, p1 + up - 1))
-    return lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=(down, down),
-        padding=padding,
-        lhs_dilation=(up, up),
-        dimension_numbers=_NHWC,
-        feature_group_count=channels,
-    )
+    kh, kw = k.shape
+    # Zero insertion (interior padding), then the border; upfirdn also puts up - 1 zeros after
+    # the last pixel, which interior padding does not, hence the extra high padding.
+    cfg = (p0, p1 + up - 1, up - 1)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), cfg, cfg, (0, 0, 0)))
+    b, hp, wp, c = xp.shape
+    ho, wo = (hp - kh) // down + 1, (wp - kw) // down + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"upfirdn2d: the padded image ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})."
+        )
+    out = None
+    for a in range(kh):
+        for bb in range(kw):
+            # True convolution: output pixel i sees kernel tap (kh-1-a) at offset a.
+            tap = k[kh - 1 - a, kw - 1 - bb]
+            if not isinstance(tap, jax.Array) and tap == 0:
+                continue
+            window = lax.slice(
+                xp,
+                (0, a, bb, 0),
+                (b, a + down * (ho - 1) + 1, bb + down * (wo - 1) + 1, c),
+                (1, down, down, 1),
+            )
+            term = window * jnp.asarray(tap, x.dtype)
+            out = term if out is None else out + term
+    return jnp.zeros((b, ho, wo, c), x.dtype) if out is None else out
 
 
 def upsample_2d(

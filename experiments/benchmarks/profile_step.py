@@ -1,0 +1,231 @@
+r"""Where the device time of a train step or a forward pass goes: a per-op table.
+
+Traces ``--steps`` calls of the compiled train step (or jitted forward) with
+:func:`jax.profiler.trace`, reads the device plane of the trace back with JAX's own profile
+reader, and attributes every GPU kernel to its HLO instruction. The optimized HLO of the same
+executable gives each instruction's kind (cuDNN convolution, cuBLAS/Triton GEMM, loop or
+reduction fusion, copy/transpose, collective) and the JAX source op (``op_name`` metadata,
+e.g. ``.../ResnetBlockBigGANpp_3/GroupNorm_1/...``), so the tables say which layers cost what:
+
+- by kernel kind (what the GPU spends its time on),
+- by layer type (the Flax module class / op in the source path),
+- the ``--top`` most expensive instructions.
+
+The trace (``*.xplane.pb``, viewable in XProf/TensorBoard) and the optimized HLO are written
+gzipped under ``--out``.
+
+GPU run::
+
+    PYTHONPATH=. python experiments/benchmarks/profile_step.py --model ncsnpp_ve --what train \
+        --dtype float32 --out $OUT
+
+CPU smoke run (tiny network; only host-side events exist on a CPU, so the tables are small)::
+
+    PYTHONPATH=. python experiments/benchmarks/profile_step.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import suite  # noqa: E402  (the benchmark suite's builders)
+
+from scoresde.config_loading import load_config  # noqa: E402
+
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OPCODE = re.compile(r"\}?\s*([\w\-]+)\(")
+
+
+def hlo_index(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Maps each HLO instruction name to (kind, JAX op_name) from optimized HLO text."""
+    index = {}
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name, rest = m.group(1), m.group(2)
+        target = re.search(r'custom_call_target="([^"]+)"', rest)
+        fusion_kind = re.search(r"kind=(k\w+)", rest)
+        op = _OPCODE.search(rest.split("metadata=")[0])
+        if target:
+            kind = target.group(1)
+        elif fusion_kind:
+            kind = f"fusion:{fusion_kind.group(1)}"
+        else:
+            kind = op.group(1) if op else "?"
+        op_name = re.search(r'op_name="([^"]+)"', rest)
+        index[name] = (kind, op_name.group(1) if op_name else "")
+    return index
+
+
+def kind_category(kind: str, kernel: str) -> str:
+    """A coarse category for a kernel from its HLO kind and kernel name."""
+    k, n = kind.lower(), kernel.lower()
+    if "conv" in k or "cudnn" in k and "conv" in n:
+        return "convolution (cuDNN)"
+    if "gemm" in k or "matmul" in k or "cublas" in k or "__triton_gemm" in n or "gemm" in n:
+        return "matmul (GEMM)"
+    if "fmha" in k or "attention" in k or "flash" in n:
+        return "attention kernel"
+    if k.startswith("all-reduce") or "nccl" in n or "all-reduce" in k:
+        return "collective"
+    if "kinput" in k or "reduce" in k:
+        return "reduction fusion"
+    if "kloop" in k:
+        return "elementwise fusion"
+    if "copy" in k or "transpose" in k or "kcustom" in k:
+        return "copy / transpose / custom fusion"
+    return f"other ({kind})"
+
+
+_LAYER_KEYS = (
+    "Dropout",
+    "GroupNorm",
+    "upfirdn2d",
+    "conv_downsample_2d",
+    "upsample_conv_2d",
+    "Conv",
+    "NIN",
+    "dot_product_attention",
+    "Dense",
+    "GaussianFourierProjection",
+    "optax",
+    "ema",
+)
+
+
+def layer_of(op_name: str) -> str:
+    """The most specific known layer/op mentioned in a JAX ``op_name`` path."""
+    parts = op_name.split("/")
+    for part in reversed(parts):
+        for key in _LAYER_KEYS:
+            if key.lower() in part.lower():
+                return key
+    if "transpose(jvp" in op_name or "transpose(" in op_name:
+        return "backward (other)"
+    return parts[-1][:40] if parts and parts[-1] else "(none)"
+
+
+def device_events(xplane_path: str):
+    """(kernel name, hlo_op, duration ns) for every kernel on the device planes of a trace.
+
+    On a CPU (no device plane) the host's XLA thunks, which carry an ``hlo_op``, stand in.
+    """
+    from jax._src.lib import _profile_data
+
+    data = _profile_data.ProfileData.from_file(xplane_path)
+    device, host = [], []
+    for plane in data.planes:
+        on_device = plane.name.startswith("/device:")
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                row = (event.name, str(stats.get("hlo_op", "")), float(event.duration_ns))
+                if on_device:
+                    device.append(row)
+                elif "hlo_op" in stats:
+                    host.append(row)
+    return device or host
+
+
+def build(args, config):
+    if args.what == "train":
+        step, state, batch = suite.build_train(config, args.dtype, args.batch, 1)
+        compiled = step.fn.lower(state, batch).compile()
+        carry = {"state": state}
+
+        def call():
+            carry["state"], metrics = compiled(carry["state"], batch)
+            return metrics
+
+        return compiled, call
+    jf, call_args = suite.build_forward(config, args.dtype, args.batch)
+    compiled = jf.lower(*call_args).compile()
+    return compiled, lambda: compiled(*call_args)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="ncsnpp_ve", choices=sorted(suite.CONFIGS))
+    p.add_argument("--what", default="train", choices=("train", "forward"))
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument("--out", default=None, help="folder for the trace and the HLO (gzipped)")
+    p.add_argument(
+        "--fir",
+        default="taps",
+        choices=("taps", "depthwise"),
+        help="FIR resampling: the shipped tap sum, or the depthwise convolution it replaced",
+    )
+    args = p.parse_args(argv)
+    if args.fir == "depthwise":
+        import fir_bench
+
+        from scoresde.models import up_or_down_sampling
+
+        up_or_down_sampling.upfirdn2d = fir_bench.upfirdn2d_depthwise
+    args.batch = args.batch or (2 if args.smoke else 128)
+    config = load_config(
+        suite.CONFIGS[args.model] + (":smoke" if args.smoke else ""),
+        overrides=[f"model.init_scale={args.init_scale}"],
+    )
+    compiled, call = build(args, config)
+    index = hlo_index(compiled.as_text())
+    for _ in range(2):
+        jax.block_until_ready(call())
+    trace_dir = tempfile.mkdtemp(prefix="scoresde_trace_")
+    with jax.profiler.trace(trace_dir):
+        for _ in range(args.steps):
+            jax.block_until_ready(call())
+    paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    if not paths:
+        raise RuntimeError(f"jax.profiler.trace wrote no .xplane.pb under {trace_dir}")
+    tag = f"{args.model}_{args.what}_{args.dtype}_b{args.batch}_{args.fir}"
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(paths[0], "rb") as src, gzip.open(f"{args.out}/{tag}.xplane.pb.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        with gzip.open(f"{args.out}/{tag}.hlo.txt.gz", "wt") as dst:
+            dst.write(compiled.as_text())
+
+    by_cat, by_layer, by_op = (collections.Counter() for _ in range(3))
+    total = 0.0
+    for kernel, hlo_op, dur in device_events(paths[0]):
+        kind, op_name = index.get(hlo_op, ("?", ""))
+        total += dur
+        by_cat[kind_category(kind, kernel)] += dur
+        by_layer[layer_of(op_name)] += dur
+        by_op[(hlo_op or kernel[:60], kind, op_name[-90:])] += dur
+    per_step = total / args.steps / 1e6
+    print(f"\n# {tag}: {per_step:.2f} ms of device kernels per call ({args.steps} calls)")
+    if total == 0:
+        print("# no device kernels in the trace (CPU run?)")
+        return
+    for title, counter in (("kernel kind", by_cat), ("layer", by_layer)):
+        print(f"\n| {title} | ms per call | share |\n|---|---|---|")
+        for key, dur in counter.most_common():
+            print(f"| {key} | {dur / args.steps / 1e6:.3f} | {dur / total:.1%} |")
+    print("\n| hlo op | kind | ms per call | share | source |\n|---|---|---|---|---|")
+    for (op, kind, src), dur in by_op.most_common(args.top):
+        print(f"| {op} | {kind} | {dur / args.steps / 1e6:.3f} | {dur / total:.1%} | {src} |")
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialize the backend before tracing
+    main()
