@@ -55,12 +55,14 @@ def run_training(
 ) -> TrainState:
     """Trains until ``num_steps`` updates, resuming from ``workdir`` if it holds a checkpoint.
 
-    After each call of ``train_step`` the metrics are checked on the host: a non-finite loss
-    or gradient norm raises :class:`~scoresde.train.NonFiniteLossError` naming the step,
-    after pending checkpoint writes finish, so the newest checkpoint on disk is the last
-    good state. A pre-emption checkpoint (only the newest kept) is saved whenever the step
-    count crosses a multiple of ``checkpoint_freq``, a permanent snapshot whenever it
-    crosses a multiple of ``snapshot_freq``, and a pre-emption checkpoint at the end.
+    Each call's metrics are checked on the host once the next call has been dispatched (so
+    the device never idles while the host reads them; a checkpoint waits for its own
+    state's check): a non-finite loss or gradient norm raises
+    :class:`~scoresde.train.NonFiniteLossError` naming the step, after pending checkpoint
+    writes finish, so the newest checkpoint on disk is the last good state. A pre-emption
+    checkpoint (only the newest kept) is saved whenever the step count crosses a multiple
+    of ``checkpoint_freq``, a permanent snapshot whenever it crosses a multiple of
+    ``snapshot_freq``, and a pre-emption checkpoint at the end.
     With ``n_jitted_steps > 1`` a call may run past ``num_steps`` to the next multiple.
 
     Args:
@@ -116,6 +118,22 @@ def run_training(
         step = int(_host_value(state.step))
         saved_step = step
         iterator = batches(data_state)
+
+        def settle(first: int, metrics: Any) -> None:
+            """Checks (and logs) the metrics of the call whose first update is ``first + 1``."""
+            try:
+                host = check_finite(first + 1, metrics)
+            except FloatingPointError:
+                manager.wait_until_finished()
+                raise
+            if primary and log_fn is not None:
+                for i in range(n_per_call):
+                    log_fn(first + i + 1, {k: float(v[i]) for k, v in host.items()})
+
+        # A call's metrics are read only after the next call is dispatched, so the device
+        # never waits for the host between steps; a checkpoint is written only after its
+        # state's own metrics have passed the check.
+        pending = None
         while step < num_steps:
             local = []
             for _ in range(n_per_call):
@@ -126,21 +144,18 @@ def run_training(
             else:
                 local_batch = local[0]
             state, metrics = train_step(state, train_step.shard_batch(local_batch))
-            try:
-                host = check_finite(step + 1, metrics)
-            except FloatingPointError:
-                manager.wait_until_finished()
-                raise
             before, step = step, step + n_per_call
-            if _crossed(before, step, snapshot_freq):
-                manager.save(state, data_state, snapshot=True)
+            if pending is not None:
+                settle(*pending)
+            pending = (before, metrics)
+            snapshot = _crossed(before, step, snapshot_freq)
+            if snapshot or _crossed(before, step, checkpoint_freq):
+                settle(*pending)
+                pending = None
+                manager.save(state, data_state, snapshot=snapshot)
                 saved_step = step
-            elif _crossed(before, step, checkpoint_freq):
-                manager.save(state, data_state)
-                saved_step = step
-            if primary and log_fn is not None:
-                for i in range(n_per_call):
-                    log_fn(before + i + 1, {k: float(v[i]) for k, v in host.items()})
+        if pending is not None:
+            settle(*pending)
         if saved_step != step:
             manager.save(state, data_state)
     return state

@@ -182,6 +182,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored.params))
 
 
+def test_nan_between_checkpoints_is_caught_one_call_late_with_the_right_step(tmp_path):
+    """Metrics are read after the next call is dispatched: between checkpoints a NaN is still
+    reported at its own step, every earlier step is logged once and in order, and the newest
+    checkpoint is the last one whose own metrics were checked."""
+
+    def poisoned(data_state):
+        for x, pos in batches()(data_state):
+            if pos["next"] == 7:
+                x = np.full_like(x, np.nan)
+            yield x, pos
+
+    log = {}
+    with pytest.raises(sd.NonFiniteLossError, match="at step 7"):
+        _run(
+            tmp_path,
+            20,
+            pipeline=poisoned,
+            log=log,
+            checkpoint_freq=4,
+            snapshot_freq=100,
+            async_checkpointing=False,
+        )
+    order = list(log)
+    assert order == [1, 2, 3, 4, 5, 6]
+    with sd.CheckpointManager(tmp_path) as mgr:
+        assert mgr.latest_step() == 4
+
+
 def test_train_step_argument_errors():
     with pytest.raises(ValueError, match="n_jitted_steps"):
         sd.make_train_step(_quadratic_loss, optax.sgd(0.1), n_jitted_steps=0)

@@ -49,7 +49,12 @@ _OPCODE = re.compile(r"\}?\s*([\w\-]+)\(")
 
 
 def hlo_index(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """Maps each HLO instruction name to (kind, JAX op_name) from optimized HLO text."""
+    """Maps each HLO instruction name to (kind, JAX op_name) from optimized HLO text.
+
+    Each name is entered twice: as written, and with ``.``/``-`` turned into ``_``, the form
+    XLA gives the kernels it emits (inside a CUDA-graph command buffer the kernel name is
+    the only link back to the fusion).
+    """
     index = {}
     for line in hlo_text.splitlines():
         m = _INSTR.match(line)
@@ -66,8 +71,17 @@ def hlo_index(hlo_text: str) -> dict[str, tuple[str, str]]:
         else:
             kind = op.group(1) if op else "?"
         op_name = re.search(r'op_name="([^"]+)"', rest)
-        index[name] = (kind, op_name.group(1) if op_name else "")
+        entry = (kind, op_name.group(1) if op_name else "")
+        index[name] = entry
+        index.setdefault(re.sub(r"[.\-]", "_", name), entry)
     return index
+
+
+def lookup(index: dict, hlo_op: str, kernel: str) -> tuple[str, str]:
+    """(kind, op_name) of a kernel: by its ``hlo_op`` stat, else by its kernel name."""
+    if hlo_op in index and not hlo_op.startswith("command_buffer"):
+        return index[hlo_op]
+    return index.get(kernel, index.get(hlo_op, ("?", "")))
 
 
 def kind_category(kind: str, kernel: str) -> str:
@@ -119,7 +133,7 @@ def layer_of(op_name: str) -> str:
 
 
 def device_events(xplane_path: str):
-    """(kernel name, hlo_op, duration ns) for every kernel on the device planes of a trace.
+    """(kernel name, hlo_op, start ns, duration ns) for every kernel on the device planes.
 
     On a CPU (no device plane) the host's XLA thunks, which carry an ``hlo_op``, stand in.
     """
@@ -132,12 +146,51 @@ def device_events(xplane_path: str):
         for line in plane.lines:
             for event in line.events:
                 stats = dict(event.stats)
-                row = (event.name, str(stats.get("hlo_op", "")), float(event.duration_ns))
+                row = (
+                    event.name,
+                    str(stats.get("hlo_op", "")),
+                    float(event.start_ns),
+                    float(event.duration_ns),
+                )
                 if on_device:
                     device.append(row)
                 elif "hlo_op" in stats:
                     host.append(row)
     return device or host
+
+
+def summarize(events, index: dict, steps: int, top: int, tag: str) -> None:
+    """Prints the kernel-kind, layer and top-instruction tables of one trace."""
+    by_cat, by_layer, by_op = (collections.Counter() for _ in range(3))
+    total = 0.0
+    for kernel, hlo_op, _, dur in events:
+        kind, op_name = lookup(index, hlo_op, kernel)
+        total += dur
+        by_cat[kind_category(kind, kernel)] += dur
+        by_layer[layer_of(op_name)] += dur
+        by_op[(kernel[:50], kind, op_name[-90:])] += dur
+    if total == 0:
+        print(f"# {tag}: no kernels in the trace")
+        return
+    span = max(s + d for _, _, s, d in events) - min(s for _, _, s, _ in events)
+    print(
+        f"\n# {tag}: {total / steps / 1e6:.2f} ms of kernels per call, "
+        f"{span / steps / 1e6:.2f} ms from the first kernel's start to the last's end "
+        f"(per call, {steps} calls; the difference is idle device time)"
+    )
+    for title, counter in (("kernel kind", by_cat), ("layer", by_layer)):
+        print(f"\n| {title} | ms per call | share |\n|---|---|---|")
+        for key, dur in counter.most_common():
+            print(f"| {key} | {dur / steps / 1e6:.3f} | {dur / total:.1%} |")
+    print("\n| kernel | kind | ms per call | share | source |\n|---|---|---|---|---|")
+    for (op, kind, src), dur in by_op.most_common(top):
+        print(f"| {op} | {kind} | {dur / steps / 1e6:.3f} | {dur / total:.1%} | {src} |")
+
+
+def _read_maybe_gzipped(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
 def build(args, config):
@@ -165,6 +218,13 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument(
+        "--from-files",
+        nargs=2,
+        metavar=("XPLANE", "HLO"),
+        default=None,
+        help="summarize a saved trace and HLO (e.g. fetched from a GPU run) instead of running",
+    )
     p.add_argument("--init-scale", type=float, default=1.0)
     p.add_argument("--out", default=None, help="folder for the trace and the HLO (gzipped)")
     p.add_argument(
@@ -180,6 +240,14 @@ def main(argv=None) -> None:
         from scoresde.models import up_or_down_sampling
 
         up_or_down_sampling.upfirdn2d = fir_bench.upfirdn2d_depthwise
+    if args.from_files:
+        xplane, hlo = (_read_maybe_gzipped(path) for path in args.from_files)
+        with tempfile.NamedTemporaryFile(suffix=".xplane.pb") as f:
+            f.write(xplane)
+            f.flush()
+            events = device_events(f.name)
+        summarize(events, hlo_index(hlo.decode()), args.steps, args.top, args.from_files[0])
+        return
     args.batch = args.batch or (2 if args.smoke else 128)
     config = load_config(
         suite.CONFIGS[args.model] + (":smoke" if args.smoke else ""),
@@ -204,26 +272,7 @@ def main(argv=None) -> None:
         with gzip.open(f"{args.out}/{tag}.hlo.txt.gz", "wt") as dst:
             dst.write(compiled.as_text())
 
-    by_cat, by_layer, by_op = (collections.Counter() for _ in range(3))
-    total = 0.0
-    for kernel, hlo_op, dur in device_events(paths[0]):
-        kind, op_name = index.get(hlo_op, ("?", ""))
-        total += dur
-        by_cat[kind_category(kind, kernel)] += dur
-        by_layer[layer_of(op_name)] += dur
-        by_op[(hlo_op or kernel[:60], kind, op_name[-90:])] += dur
-    per_step = total / args.steps / 1e6
-    print(f"\n# {tag}: {per_step:.2f} ms of device kernels per call ({args.steps} calls)")
-    if total == 0:
-        print("# no device kernels in the trace (CPU run?)")
-        return
-    for title, counter in (("kernel kind", by_cat), ("layer", by_layer)):
-        print(f"\n| {title} | ms per call | share |\n|---|---|---|")
-        for key, dur in counter.most_common():
-            print(f"| {key} | {dur / args.steps / 1e6:.3f} | {dur / total:.1%} |")
-    print("\n| hlo op | kind | ms per call | share | source |\n|---|---|---|---|---|")
-    for (op, kind, src), dur in by_op.most_common(args.top):
-        print(f"| {op} | {kind} | {dur / args.steps / 1e6:.3f} | {dur / total:.1%} | {src} |")
+    summarize(device_events(paths[0]), index, args.steps, args.top, tag)
 
 
 if __name__ == "__main__":
