@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
@@ -77,6 +78,7 @@ def emit(record: dict, out) -> None:
         "date": datetime.date.today().isoformat(),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         **record,
     }
     line = json.dumps(record)
@@ -217,6 +219,15 @@ def bench_train(name, config, args, out):
         jax.block_until_ready((state, metrics))
         pipelined = (time.perf_counter() - t0) / args.repeats
         img_s = batch * n / pipelined
+        # The part of the dispatch time that is argument handling alone: a trivial program
+        # over the same state and batch.
+        touch = jax.jit(lambda st, b: st.step + jax.tree.leaves(b)[0].ravel()[0].astype(int))
+        jax.block_until_ready(touch(state, batch_arr))
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            out_touch = touch(state, batch_arr)
+        trivial_ms = 1e3 * (time.perf_counter() - t0) / args.repeats
+        jax.block_until_ready(out_touch)
         model_gflop = MODEL_GFLOP_PER_IMG.get(name) if not args.smoke else None
         rec = {
             "bench": "train",
@@ -229,6 +240,8 @@ def bench_train(name, config, args, out):
             "synced_median_s": med,
             "synced_img_per_s": batch * n / med,
             "dispatch_ms": 1e3 * statistics.median(dispatch),
+            "trivial_dispatch_ms": trivial_ms,
+            "state_leaves": len(jax.tree.leaves(state)),
             "compile_s": compile_s,
             "first_step_s": first_s,
             "peak_gib": peak_memory_gib(),
