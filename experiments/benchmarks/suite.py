@@ -1,4 +1,4 @@
-r"""The scoresde benchmark suite: train step, forward, PC sampler, compile time, memory.
+r"""The scoresde benchmark suite: train step, forward, samplers, likelihood, compile, memory.
 
 One entry point for the figures of ``docs/benchmarks.md``. For each network (NCSN++ cont. of
 ``ve/cifar10_ncsnpp_continuous.py``, DDPM++ cont. of ``vp/cifar10_ddpmpp_continuous.py``,
@@ -6,14 +6,21 @@ randomly initialized, synthetic data already on the device) it measures
 
 - ``forward``: jitted score evaluations, images x NFE per second, at each ``--batches`` size
   and compute dtype (float32 with the platform's default matmul precision, i.e. TF32 on
-  Hopper; and bfloat16 compute with float32 parameters), plus XLA's compiled memory estimate;
+  Hopper; and bfloat16 compute with float32 parameters), compile time and XLA's compiled
+  memory estimate;
 - ``train``: the data-parallel train step (:func:`scoresde.make_train_step`, one device),
   images per second with calls dispatched back to back (as :func:`scoresde.run_training`
   runs them) and with a wait after every call, the host's dispatch time, compile time,
   peak memory, XLA's FLOP count per image, and model FLOP utilisation (the issue's GFLOP
   counts against ``--peak-tflops`` / ``--peak-tflops-bf16``);
 - ``pc``: :func:`scoresde.sample_pc` with reverse diffusion + one Langevin corrector step,
-  ``--pc-steps`` steps, wall time (extrapolated to 1000 steps when fewer are run).
+  ``--pc-steps`` steps, wall time (extrapolated to 1000 steps when fewer are run);
+- ``ode``: :func:`scoresde.sample_ode` (adaptive Tsit5 at ``--ode-rtol``), NFE, ms per NFE;
+- ``likelihood``: :func:`scoresde.bits_per_dim` at ``rtol = atol = 1e-5`` (the measurement
+  of ``likelihood_bench.py``), NFE and ms per NFE.
+
+``--devices 1,2`` repeats the train step data-parallel over one and two devices at the same
+per-device batch (the scaling figure).
 
 Each timing: one warm-up call (compilation, timed separately), then ``--repeats`` calls with
 ``block_until_ready``; the median is reported. A JSON line per measurement goes to stdout
@@ -32,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import statistics
+import os.path
 import sys
 import time
 
@@ -44,6 +53,8 @@ import numpy as np
 
 import scoresde as sd
 from scoresde.config_loading import load_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = {
     "ncsnpp_ve": "experiments/configs/ve/cifar10_ncsnpp_continuous.py",
@@ -159,8 +170,11 @@ def peak_memory_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int):
-    """(train step, replicated state, sharded synthetic batch) for one network and dtype."""
+def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, devices: int = 1):
+    """(train step, replicated state, sharded synthetic batch) for one network and dtype.
+
+    ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices.
+    """
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     base = sd.models.from_config(config)
@@ -176,19 +190,24 @@ def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int):
         likelihood_weighting=bool(config.training.likelihood_weighting),
     )
     optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
-    step = sd.make_train_step(loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=n_jitted_steps)
+    mesh = sd.data_mesh(jax.devices()[:devices])
+    step = sd.make_train_step(
+        loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=n_jitted_steps, mesh=mesh
+    )
     state = step.replicate(sd.TrainState.create(variables["params"], optimizer, 0))
     n = n_jitted_steps
-    shape = (n, batch, size, size, ch) if n > 1 else (batch, size, size, ch)
+    global_batch = batch * devices
+    shape = (n, global_batch, size, size, ch) if n > 1 else (global_batch, size, size, ch)
     images = jax.random.uniform(jax.random.key(2), shape, minval=-1.0, maxval=1.0)
     return step, state, step.shard_batch({"image": np.asarray(images)})
 
 
 def bench_train(name, config, args, out):
-    batch, n = args.train_batch, args.n_jitted_steps
+    n = args.n_jitted_steps
     rows = []
-    for dtype_name in args.dtypes.split(","):
-        step, state, batch_arr = build_train(config, dtype_name, batch, n)
+    for dtype_name, devices in itertools.product(args.dtypes.split(","), args.devices):
+        batch = args.train_batch * devices
+        step, state, batch_arr = build_train(config, dtype_name, args.train_batch, n, devices)
         t0 = time.perf_counter()
         compiled = step.fn.lower(state, batch_arr).compile()
         compile_s = time.perf_counter() - t0
@@ -234,6 +253,7 @@ def bench_train(name, config, args, out):
             "model": name,
             "dtype": dtype_name,
             "batch": batch,
+            "devices": devices,
             "n_jitted_steps": n,
             "median_s": pipelined,
             "img_per_s": img_s,
@@ -249,7 +269,7 @@ def bench_train(name, config, args, out):
             "model_gflop_per_img": model_gflop,
             "mfu": None
             if model_gflop is None
-            else model_gflop * 1e9 * img_s / (peak_tflops(args, dtype_name) * 1e12),
+            else model_gflop * 1e9 * img_s / (devices * peak_tflops(args, dtype_name) * 1e12),
             "loss": float(np.asarray(metrics["loss"]).ravel()[-1]),
         }
         emit(rec, out)
@@ -299,14 +319,74 @@ def bench_pc(name, config, args, out):
     return [rec]
 
 
+def bench_ode(name, config, args, out):
+    """Probability-flow ODE sampling (adaptive Tsit5, ``--ode-rtol``), NFE and wall time."""
+    sde = sde_from_model_config(config)
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    model = sd.models.from_config(config)
+    variables = jax.jit(model.init, static_argnames="train")(
+        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+    )
+    shape = (args.pc_batch, size, size, ch)
+
+    @jax.jit
+    def run(variables, key):
+        score_fn = sd.get_score_fn(sde, model, variables)
+        return sd.sample_ode(key, sde, score_fn, shape, rtol=args.ode_rtol, atol=args.ode_rtol)
+
+    first, med = timed(run, variables, jax.random.key(3), repeats=1)
+    x, nfe = run(variables, jax.random.key(3))
+    rec = {
+        "bench": "ode",
+        "model": name,
+        "batch": args.pc_batch,
+        "rtol": args.ode_rtol,
+        "nfe": int(nfe),
+        "median_s": med,
+        "ms_per_nfe": 1e3 * med / max(int(nfe), 1),
+        "compile_plus_first_s": first,
+        "finite": bool(jnp.all(jnp.isfinite(x))),
+    }
+    emit(rec, out)
+    return [rec]
+
+
+def bench_likelihood(name, config, args, out):
+    """Bits/dim through the probability-flow ODE (``likelihood_bench.py``'s measurement)."""
+    import likelihood_bench
+
+    lb_args = argparse.Namespace(
+        smoke=args.smoke,
+        batch=args.pc_batch,
+        rtol=1e-5,
+        atol=1e-5,
+        divergence="rademacher",
+        init_scale=args.init_scale,
+        repeats=1,
+        shared=False,
+        compare_solves=False,
+    )
+    rows = []
+    for row in likelihood_bench.bench_model(name, lb_args):
+        rec = {"bench": "likelihood", **row, "median_s": row["wall_s"]}
+        emit(rec, out)
+        rows.append(rec)
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny smoke networks for a CPU")
     p.add_argument("--models", default=",".join(CONFIGS))
-    p.add_argument("--benches", default="forward,train,pc")
+    p.add_argument("--benches", default="forward,train,pc,ode,likelihood")
     p.add_argument("--batches", default=None, help="forward batch sizes (default 128,512)")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--train-batch", type=int, default=None)
+    p.add_argument("--train-batch", type=int, default=None, help="per device")
+    p.add_argument(
+        "--devices",
+        default="1",
+        help="train: comma-separated device counts, e.g. 1,2 for the data-parallel scaling",
+    )
     p.add_argument("--n-jitted-steps", type=int, default=1)
     p.add_argument("--pc-batch", type=int, default=None)
     p.add_argument("--pc-steps", type=int, default=None)
@@ -322,10 +402,12 @@ def main(argv=None) -> None:
         "and the Langevin step size 1/|score|^2 then overflows",
     )
     p.add_argument("--pc-repeats", type=int, default=1)
+    p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE sampler rtol = atol")
     args = p.parse_args(argv)
     smoke = args.smoke
     args.batches = [int(b) for b in (args.batches or ("2" if smoke else "128,512")).split(",")]
     args.train_batch = args.train_batch or (2 if smoke else 128)
+    args.devices = [int(d) for d in args.devices.split(",")]
     args.pc_batch = args.pc_batch or (2 if smoke else 128)
     args.pc_steps = args.pc_steps or (5 if smoke else 1000)
     args.repeats = args.repeats or (2 if smoke else 10)
@@ -337,12 +419,23 @@ def main(argv=None) -> None:
             overrides=[f"model.init_scale={args.init_scale}"],
         )
         for bench in args.benches.split(","):
-            fn = {"forward": bench_forward, "train": bench_train, "pc": bench_pc}[bench]
+            fn = {
+                "forward": bench_forward,
+                "train": bench_train,
+                "pc": bench_pc,
+                "ode": bench_ode,
+                "likelihood": bench_likelihood,
+            }[bench]
             rows += fn(name, config, args, out)
     print("\n| bench | model | dtype | batch | median s | rate |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        rate = r.get("img_nfe_per_s") or r.get("img_per_s") or r.get("s_per_1000_steps")
+        rate = (
+            r.get("img_nfe_per_s")
+            or r.get("img_per_s")
+            or r.get("s_per_1000_steps")
+            or r.get("ms_per_nfe")
+        )
         print(
             f"| {r['bench']} | {r['model']} | {r.get('dtype', '')} | {r['batch']} | "
             f"{r['median_s']:.4f} | {rate:.1f} |"

@@ -1,0 +1,108 @@
+"""The benchmark scripts' CPU smoke modes: they run, and what they print is consistent.
+
+The GPU figures come from the same code (``docs/benchmarks.md``); here the configs' tiny
+``smoke`` networks stand in, so a change that breaks a benchmark fails CI rather than a GPU
+session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+BENCH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "benchmarks")
+sys.path.insert(0, os.path.abspath(BENCH_DIR))
+
+import fir_bench  # noqa: E402
+import groupnorm_bench  # noqa: E402
+import profile_step  # noqa: E402
+import suite  # noqa: E402
+
+
+def _records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in r] for r in rows if not set(r[0].strip()) <= set("-")]
+
+
+def test_suite_smoke_forward_train_pc(capsys, tmp_path):
+    out = tmp_path / "suite.jsonl"
+    suite.main(
+        [
+            "--smoke",
+            "--models",
+            "ddpmpp_vp",
+            "--dtypes",
+            "float32",
+            "--benches",
+            "forward,train,pc",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = _records(capsys.readouterr().out)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert printed == written
+    by_bench = {r["bench"]: r for r in written}
+    assert set(by_bench) == {"forward", "train", "pc"}
+    fwd, train, pc = by_bench["forward"], by_bench["train"], by_bench["pc"]
+    # rate = batch / median time, by construction
+    assert fwd["img_nfe_per_s"] == pytest.approx(fwd["batch"] / fwd["median_s"])
+    assert train["img_per_s"] == pytest.approx(train["batch"] / train["median_s"])
+    assert np.isfinite(train["loss"]) and train["compile_s"] > 0
+    assert train["state_leaves"] > 0 and train["devices"] == 1
+    # reverse diffusion + one Langevin step per grid step: 2 evaluations for each of the
+    # num_steps - 1 steps, plus the final denoising step. (The samples of a random smoke
+    # network over 5 steps are not meaningful and may overflow, so finiteness is not asserted.)
+    assert pc["nfe"] == 2 * (pc["num_steps"] - 1) + 1
+
+
+def test_fir_bench_smoke_implementations_agree(capsys):
+    fir_bench.main(["--smoke"])
+    rows = _table_rows(capsys.readouterr().out)[1:]  # skip the header
+    assert {r[2] for r in rows} == {"taps", "depthwise"}
+    # both compute the same filter in float32: differences are summation-order rounding
+    assert max(float(r[-1]) for r in rows) < 1e-5
+
+
+def test_groupnorm_bench_smoke_variants_agree(capsys):
+    groupnorm_bench.main(["--smoke", "--dtypes", "float32"])
+    rows = _table_rows(capsys.readouterr().out)[1:]
+    assert {r[2] for r in rows} == set(groupnorm_bench.VARIANTS)
+    # float32 GroupNorm of O(1) data: one-pass statistics agree with flax to ~1e-6
+    assert max(float(r[-1]) for r in rows) < 1e-4
+
+
+@pytest.mark.slow
+def test_profile_step_smoke_attributes_the_time(capsys, tmp_path):
+    profile_step.main(["--smoke", "--steps", "2", "--out", str(tmp_path)])
+    text = capsys.readouterr().out
+    assert "ms of kernels per call" in text
+    shares = [
+        float(r[2].rstrip("%"))
+        for r in _table_rows(text)
+        if len(r) == 3 and r[2].endswith("%") and r[0] != "layer"
+    ]
+    # the kernel-kind table and the layer table each account for all the time
+    assert sum(shares) == pytest.approx(200.0, abs=1.0)
+    assert len(list(tmp_path.glob("*.xplane.pb.gz"))) == 1
+
+
+def test_hlo_index_reads_kinds_and_sources():
+    hlo = (
+        '  %fusion.3 = f32[2]{0} fusion(%p), kind=kLoop, calls=%c, metadata={op_name="a/b/GroupNorm_0/add"}\n'
+        '  %cudnn-conv.1 = (f32[2]{0}, u8[0]{0}) custom-call(%x, %w), custom_call_target="__cudnn$convForward"\n'
+    )
+    index = profile_step.hlo_index(hlo)
+    assert index["fusion.3"] == ("fusion:kLoop", "a/b/GroupNorm_0/add")
+    assert index["fusion_3"] == index["fusion.3"]  # the kernel-name spelling
+    assert index["cudnn_conv_1"][0] == "__cudnn$convForward"
+    assert profile_step.layer_of("a/b/GroupNorm_0/add") == "GroupNorm"
+    assert profile_step.kind_category("__cudnn$convForward", "sm90_xmma") == "convolution (cuDNN)"
