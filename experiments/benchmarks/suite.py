@@ -43,7 +43,6 @@ import itertools
 import json
 import os
 import statistics
-import os.path
 import sys
 import time
 
