@@ -111,7 +111,7 @@ def _smooth_image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
     for _ in range(3):
         freq = rng.uniform(0.5, 2.0, len(shape))
         phase = rng.uniform(0.0, 2.0 * math.pi)
-        out += np.cos(2.0 * math.pi * sum(f * g for f, g in zip(freq, grids)) + phase)
+        out += np.cos(2.0 * math.pi * sum(f * g for f, g in zip(freq, grids, strict=True)) + phase)
     return (out - out.min()) / (out.max() - out.min() + 1e-12)
 
 
