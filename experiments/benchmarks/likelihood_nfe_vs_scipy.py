@@ -4,7 +4,7 @@ The issue's target: the likelihood solve makes no more function evaluations (NFE
 ``solve_ivp(method="RK45")``, the solver of the reference code, at the same tolerances on the
 same trained-like problem. A trained network is stood in for by a perfect one: the exact score
 of a Gaussian mixture (:meth:`scoresde.GaussianMixture.score_fn`), with data drawn from that
-mixture. The mixtures are image-like (``H x W x C``, ``D = 16`` or ``64``), with three
+mixture. The mixtures are image-like (``H x W x C``, by default ``D = 16`` and ``32``), with three
 components of distinct smooth mean images and distinct per-pixel scales (0.05, 0.1 and 0.2 of
 the data range, times a smooth per-pixel factor in [0.75, 1.25]), so the score is non-linear
 and sharply peaked near ``t = 0`` as a real data score is. VP and sub-VP see centered data in
@@ -21,9 +21,11 @@ and sharply peaked near ``t = 0`` as a real data score is. VP and sub-VP see cen
 - the same ``rtol`` and ``atol`` (both use the RMS norm of the error over the whole state,
   scaled by ``atol + rtol * max(|y_old|, |y_new|)``, and Dormand-Prince 5(4));
 - the same unit: one NFE is one call of the right-hand side (drift and divergence together).
-  scipy's count is ``sol.nfev`` (checked here against a counter in the callback); ours is the
-  library's own output (``log_likelihood_per_sample_nfe``; ``tests/test_likelihood_nfe.py``
-  checks it against a counter inside the score function);
+  scipy's count is ``sol.nfev``, ours is the library's own output
+  (``log_likelihood_per_sample_nfe``); both are checked on every row against a counter of the
+  calls actually made (a Python counter in scipy's callback; a :func:`jax.debug.callback` in
+  our score function, which under the per-sample ``vmap`` fires once per loop iteration, i.e.
+  as often as the slowest sample evaluates);
 - the same state per solve: mode ``per_sample`` solves each sample alone in both (our default
   ``per_sample=True``, a ``vmap`` of batch-of-one solves; scipy in a loop over samples) and
   compares per-sample NFE; mode ``batch`` solves the whole batch as one state in both (our
@@ -42,6 +44,13 @@ mixture's exact marginals (:meth:`scoresde.GaussianMixture.log_prob`). With the 
 is solver error only; with Hutchinson it also holds the estimator's deviation for that probe.
 (``log p_eps`` is not ``log p_0``: VE has ``sigma(eps) = 0.01`` there, a few hundredths of a
 nat here; and the prior is not ``p_T``: that gap is up to ~0.05 nats for VP with these means.)
+
+**D > 32 on a small CPU.** The mixture's score factors ``(B, K, D, D)`` covariances with a
+Cholesky and an LU decomposition that XLA runs concurrently; for ``D > 32`` jaxlib 0.10.2's CPU
+LAPACK kernels split their batch over the intra-op thread pool and wait for it, and with two of
+them in flight on a 2-core machine every pool thread waits: the process hangs (seen here at
+``D = 64``, ``B = 8``). Hence the default ``D <= 32``; ``--shapes 8x8x1`` runs where the pool
+has more threads than concurrent LAPACK calls (or on a GPU).
 
 Full run (a few minutes on two CPU cores)::
 
@@ -64,6 +73,7 @@ import json
 import math
 import time
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,17 +198,70 @@ class Solve:
     z: np.ndarray  # (B, *shape) float64
     nfe: np.ndarray  # (B,) int; in batch mode every entry is the shared solve's NFE
     seconds: float
+    calls: int  # right-hand-side evaluations counted while solving (all solves together)
+    first_step: float | None = None  # scipy's initial step (batch mode, when asked for)
+
+
+class NoGrowthAfterRejection(diffrax.AbstractAdaptiveStepSizeController):
+    """Wraps a step-size controller: the step after a rejected one may not grow.
+
+    The safeguard of Hairer, Norsett and Wanner (Sec. II.4) that scipy's RK45 applies and
+    :class:`diffrax.PIDController` does not. Used only by ``--diagnose``.
+    """
+
+    controller: diffrax.PIDController
+    rtol: float
+    atol: float
+    norm: object
+
+    @classmethod
+    def around(cls, controller: diffrax.PIDController) -> NoGrowthAfterRejection:
+        return cls(controller, controller.rtol, controller.atol, controller.norm)
+
+    def wrap(self, direction):
+        return NoGrowthAfterRejection.around(self.controller.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        t_next, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return t_next, (state, jnp.array(False))
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
+        inner, rejected_before = state
+        keep, next_t0, next_t1, jump, inner, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner
+        )
+        capped = jnp.minimum(next_t1, next_t0 + (t1 - t0))
+        next_t1 = jnp.where(keep & rejected_before, capped, next_t1)
+        return keep, next_t0, next_t1, jump, (inner, jnp.logical_not(keep)), result
 
 
 def solve_ours(
-    problem: Problem, rtol: float, atol: float, mode: str, dtype: str, divergence: str
+    problem: Problem,
+    rtol: float,
+    atol: float,
+    mode: str,
+    dtype: str,
+    divergence: str,
+    dt0: float | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
 ) -> Solve:
-    """Our solve (:func:`log_likelihood_per_sample_nfe`, default Dopri5 + PIDController)."""
+    """Our solve (:func:`log_likelihood_per_sample_nfe`, default Dopri5 + PIDController).
+
+    ``dt0`` and ``stepsize_controller`` are passed through (None: the library's defaults).
+    """
     use_x64 = dtype == "float64"
+    calls = [0]
+    mixture_score_fn = None
+
+    def score_fn(x, t):
+        # Counts evaluations on the host; one call per evaluation of the (batched) score.
+        jax.debug.callback(lambda: calls.__setitem__(0, calls[0] + 1))
+        return mixture_score_fn(x, t)
+
     start = time.perf_counter()
     with jax.enable_x64(use_x64):
         jdtype = jnp.float64 if use_x64 else jnp.float32
-        score_fn = problem.mixture(jdtype).score_fn(problem.sde)
+        mixture_score_fn = problem.mixture(jdtype).score_fn(problem.sde)
         x = jnp.asarray(problem.x, jdtype)
         noise = None if divergence == "exact" else jnp.asarray(problem.probe, jdtype)
         logp, z, nfe = log_likelihood_per_sample_nfe(
@@ -212,17 +275,35 @@ def solve_ours(
             DEFAULT_EPS,
             noise=noise,
             per_sample=mode == "per_sample",
+            stepsize_controller=stepsize_controller,
+            dt0=dt0,
         )
         logp, z, nfe = jax.block_until_ready((logp, z, nfe))
+        jax.effects_barrier()
     seconds = time.perf_counter() - start
-    return Solve(np.asarray(logp, np.float64), np.asarray(z, np.float64), np.asarray(nfe), seconds)
+    return Solve(
+        np.asarray(logp, np.float64),
+        np.asarray(z, np.float64),
+        np.asarray(nfe),
+        seconds,
+        calls[0],
+    )
 
 
-def solve_scipy(problem: Problem, rtol: float, atol: float, mode: str, divergence: str) -> Solve:
+def solve_scipy(
+    problem: Problem,
+    rtol: float,
+    atol: float,
+    mode: str,
+    divergence: str,
+    first_step: bool = False,
+) -> Solve:
     """scipy ``solve_ivp(method="RK45")`` on the flattened state ``[x; delta_logp]``, float64.
 
     Mode ``per_sample``: one solve per sample (state of size ``D + 1``); mode ``batch``: one
-    solve of the whole batch (size ``B (D + 1)``), as the reference does.
+    solve of the whole batch (size ``B (D + 1)``), as the reference does. With
+    ``first_step`` (batch mode), also returns the initial step scipy picks (``RK45.h_abs``
+    after construction; those two evaluations are not counted).
     """
     sde = problem.sde
     start = time.perf_counter()
@@ -239,7 +320,7 @@ def solve_scipy(problem: Problem, rtol: float, atol: float, mode: str, divergenc
             return jnp.concatenate([drift.reshape(-1), div])
 
         groups = [[i] for i in range(len(problem.x))] if mode == "per_sample" else [slice(None)]
-        logp, zs, nfe = [], [], []
+        logp, zs, nfe, total_calls, h0 = [], [], [], 0, None
         for idx in groups:
             x = problem.x[idx]
             probe = None if divergence == "exact" else jnp.asarray(problem.probe[idx])
@@ -257,13 +338,25 @@ def solve_scipy(problem: Problem, rtol: float, atol: float, mode: str, divergenc
                 raise RuntimeError(f"scipy RK45 failed on {problem.name}: {sol.message}")
             if calls[0] != sol.nfev:
                 raise RuntimeError(f"scipy nfev={sol.nfev} but the RHS ran {calls[0]} times.")
+            total_calls += calls[0]
+            if first_step and mode == "batch":
+                h0 = scipy.integrate.RK45(
+                    lambda t, y, probe=probe: np.asarray(rhs(t, jnp.asarray(y), probe)),
+                    DEFAULT_EPS,
+                    y0,
+                    sde.T,
+                    rtol=rtol,
+                    atol=atol,
+                ).h_abs
             z = sol.y[: x.size, -1].reshape(x.shape)
             delta = sol.y[x.size :, -1]
             logp.append(np.asarray(sde.prior_logp(jnp.asarray(z))) + delta)
             zs.append(z)
             nfe.extend([sol.nfev] * len(x))
     seconds = time.perf_counter() - start
-    return Solve(np.concatenate(logp), np.concatenate(zs), np.asarray(nfe), seconds)
+    return Solve(
+        np.concatenate(logp), np.concatenate(zs), np.asarray(nfe), seconds, total_calls, h0
+    )
 
 
 def exact_error(problem: Problem, solve: Solve) -> np.ndarray:
@@ -278,6 +371,12 @@ def exact_error(problem: Problem, solve: Solve) -> np.ndarray:
         return np.asarray(solve.logp + prior_gap - logp_eps)
 
 
+def delta_logp(problem: Problem, solve: Solve) -> np.ndarray:
+    """The integrated divergence ``logp - log p_prior(z)`` per sample."""
+    with jax.enable_x64(True):
+        return solve.logp - np.asarray(problem.sde.prior_logp(jnp.asarray(solve.z)))
+
+
 def compare(
     problem: Problem,
     rtol: float,
@@ -286,16 +385,40 @@ def compare(
     dtype: str,
     divergence: str,
     scipy_cache: dict | None = None,
+    diagnose: bool = False,
 ) -> dict:
-    """One row: our solve and scipy's on ``problem``; NFE and log-likelihood agreement."""
+    """One row: our solve and scipy's on ``problem``; NFE and log-likelihood agreement.
+
+    With ``diagnose`` (batch mode only), also our NFE when started from scipy's initial step
+    (``ours_nfe_scipy_h0``) and, in addition, with :class:`NoGrowthAfterRejection`
+    (``ours_nfe_scipy_h0_no_growth``): the two places where scipy's step-size control differs
+    from diffrax's default.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    cache_key = (problem.name, problem.sde_name, rtol, atol, mode, divergence)
+    diagnose = diagnose and mode == "batch"
+    cache_key = (problem.name, problem.sde_name, rtol, atol, mode, divergence, diagnose)
     scipy_cache = {} if scipy_cache is None else scipy_cache
     if cache_key not in scipy_cache:
-        scipy_cache[cache_key] = solve_scipy(problem, rtol, atol, mode, divergence)
+        scipy_cache[cache_key] = solve_scipy(problem, rtol, atol, mode, divergence, diagnose)
     ref = scipy_cache[cache_key]
     ours = solve_ours(problem, rtol, atol, mode, dtype, divergence)
+    if ours.calls != int(np.max(ours.nfe)):
+        raise RuntimeError(
+            f"our reported NFE (max {int(np.max(ours.nfe))}) differs from the {ours.calls} "
+            "score evaluations counted during the solve."
+        )
+    extra = {}
+    if diagnose:
+        h0 = float(ref.first_step)
+        no_growth = NoGrowthAfterRejection.around(diffrax.PIDController(rtol=rtol, atol=atol))
+        from_h0 = solve_ours(problem, rtol, atol, mode, dtype, divergence, dt0=h0)
+        both = solve_ours(problem, rtol, atol, mode, dtype, divergence, h0, no_growth)
+        extra = {
+            "scipy_first_step": h0,
+            "ours_nfe_scipy_h0": int(from_h0.nfe[0]),
+            "ours_nfe_scipy_h0_no_growth": int(both.nfe[0]),
+        }
     ours_mean, ref_mean = float(np.mean(ours.nfe)), float(np.mean(ref.nfe))
     return {
         "bench": "likelihood_nfe_vs_scipy",
@@ -318,29 +441,46 @@ def compare(
         "max_abs_dlogp": float(np.max(np.abs(ours.logp - ref.logp))),
         "ours_max_abs_err": float(np.max(np.abs(exact_error(problem, ours)))),
         "scipy_max_abs_err": float(np.max(np.abs(exact_error(problem, ref)))),
+        "max_abs_delta_logp": float(
+            max(np.max(np.abs(delta_logp(problem, ours))), np.max(np.abs(delta_logp(problem, ref))))
+        ),
         "ours_logp": ours.logp.tolist(),
         "scipy_logp": ref.logp.tolist(),
         "ours_s": ours.seconds,
         "scipy_s": ref.seconds,
         "device": jax.devices()[0].platform,
+        **extra,
     }
 
 
 def markdown_table(records: list[dict]) -> str:
-    """The rows as a markdown table (NFE: mean over samples; ratio: ours / scipy)."""
+    """The rows as a markdown table (NFE: mean over samples; ratio: ours / scipy).
+
+    With ``--diagnose`` rows, a last column gives our NFE from scipy's initial step and, after
+    the slash, with no step growth after a rejection as well.
+    """
+    diagnosed = any("ours_nfe_scipy_h0" in r for r in records)
     head = (
         "| problem | SDE | D | rtol=atol | mode | ours dtype | divergence | ours NFE | "
         "scipy NFE | ratio | ours <= scipy | max abs dlogp | max abs err ours / scipy |"
     )
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    if diagnosed:
+        head += " ours: scipy's h0 / + no growth after reject |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
-        lines.append(
+        line = (
             f"| {r['problem']} | {r['sde']} | {r['dim']} | {r['rtol']:g} | {r['mode']} | "
             f"{r['dtype']} | {r['divergence']} | {r['ours_nfe_mean']:.1f} | "
             f"{r['scipy_nfe_mean']:.1f} | {r['nfe_ratio']:.3f} | "
             f"{r['ours_le_scipy']}/{r['batch']} | {r['max_abs_dlogp']:.1e} | "
             f"{r['ours_max_abs_err']:.1e} / {r['scipy_max_abs_err']:.1e} |"
         )
+        if diagnosed:
+            if "ours_nfe_scipy_h0" in r:
+                line += f" {r['ours_nfe_scipy_h0']} / {r['ours_nfe_scipy_h0_no_growth']} |"
+            else:
+                line += " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -351,7 +491,7 @@ def _csv(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sdes", default="vp,subvp,ve", help="comma list of vp, subvp, ve")
-    parser.add_argument("--shapes", default="4x4x1,8x8x1", help="comma list of HxWxC")
+    parser.add_argument("--shapes", default="4x4x1,4x8x1", help="comma list of HxWxC")
     parser.add_argument("--tols", default="1e-5,1e-3", help="rtol = atol values")
     parser.add_argument("--modes", default="per_sample,batch")
     parser.add_argument("--dtypes", default="float32,float64", help="our solve's dtypes")
@@ -364,6 +504,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="VP + VE, 4x4x1, rtol 1e-5, B=2")
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="batch rows: also ours from scipy's initial step, and with no growth after a "
+        "rejected step",
+    )
     parser.add_argument("--out", default=None, help="append JSON lines here")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -390,7 +536,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     for divergence in divergences:
                         for dtype in dtypes:
                             record = compare(
-                                problem, tol, tol, mode, dtype, divergence, scipy_cache
+                                problem,
+                                tol,
+                                tol,
+                                mode,
+                                dtype,
+                                divergence,
+                                scipy_cache,
+                                args.diagnose,
                             )
                             records.append(record)
                             line = json.dumps(record)
