@@ -157,20 +157,23 @@ def test_nfe_vs_scipy_rk45_loose_tolerance(sde_name, mode):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
-def test_float64_takes_the_same_steps(sde_name):
-    """Float32 round-off does not change our step sequence: float64 makes the same NFE.
+def test_float64_takes_nearly_the_same_steps(sde_name):
+    """Float32 round-off moves our step sequence by at most one step on a sample.
 
-    Measured on every row of the benchmark (both tolerances, modes and divergences); float32
-    only moves the log-likelihood, by far less than the solver tolerance allows.
+    Measured over every row of the benchmark (both tolerances, modes and divergences): float64
+    made the same NFE on every sample except two VP samples at 1e-5 (per-sample, Rademacher),
+    one a step more and one a step less; float32 otherwise only moves the log-likelihood, by
+    far less than the solver tolerance allows.
     """
     problem = bench.make_problem(sde_name, SHAPE, BATCH)
     cache = {}
     f32 = bench.compare(problem, TOL, TOL, "per_sample", "float32", "rademacher", cache)
     f64 = bench.compare(problem, TOL, TOL, "per_sample", "float64", "rademacher", cache)
-    assert f32["ours_nfe"] == f64["ours_nfe"]
+    diff = np.abs(np.subtract(f32["ours_nfe"], f64["ours_nfe"]))
+    assert np.max(diff) <= STAGES_PER_STEP, (f32["ours_nfe"], f64["ours_nfe"])
     _check_nfe(f64)
     _check_agreement(f64)
     # Both are within the solver's own bound of the same ODE solution.
-    assert np.max(np.abs(np.subtract(f32["ours_logp"], f64["ours_logp"]))) <= 2 * (
-        _solver_error_bound(f64, "ours")
+    assert np.max(np.abs(np.subtract(f32["ours_logp"], f64["ours_logp"]))) <= (
+        _solver_error_bound(f32, "ours") + _solver_error_bound(f64, "ours")
     )

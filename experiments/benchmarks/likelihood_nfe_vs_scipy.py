@@ -42,8 +42,18 @@ each solver's largest error against the closed form. The solve computes
 exactly; so the error is ``logp + log p_T(z) - log p_prior(z) - log p_eps(x)`` with the
 mixture's exact marginals (:meth:`scoresde.GaussianMixture.log_prob`). With the exact trace it
 is solver error only; with Hutchinson it also holds the estimator's deviation for that probe.
-(``log p_eps`` is not ``log p_0``: VE has ``sigma(eps) = 0.01`` there, a few hundredths of a
-nat here; and the prior is not ``p_T``: that gap is up to ~0.05 nats for VP with these means.)
+(``log p_eps`` is not ``log p_0``: VE has ``sigma(eps) = 0.01``, which moves it by up to
+0.14 nats on these data, VP and sub-VP by less than 1e-3; and the prior is not ``p_T``: about
+0.01-0.02 nats for VP and sub-VP, 0.07-0.12 for VE here. Both would otherwise hide solver
+error.)
+
+**Where the step-size controls differ.** Same pair, norm, safety factor (0.9), error exponent
+(1/5) and factor limits (0.2, 10); but diffrax starts from a fixed first step of 0.01 (its
+initial-step heuristic is skipped for the wrapped term ``diffeqsolve`` builds), where scipy
+picks one with Hairer's heuristic (one extra evaluation), and diffrax may grow the step right
+after a rejected one, where scipy may not. ``--diagnose`` reruns ours on the batch-mode rows
+from scipy's first step (the library's ``dt0``), and from there with
+:class:`NoGrowthAfterRejection` too (its ``stepsize_controller``).
 
 **D > 32 on a small CPU.** The mixture's score factors ``(B, K, D, D)`` covariances with a
 Cholesky and an LU decomposition that XLA runs concurrently; for ``D > 32`` jaxlib 0.10.2's CPU
