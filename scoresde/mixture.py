@@ -92,7 +92,10 @@ class GaussianMixture:
 
     def _component_logpdf(self, x_flat, means, covs):
         # x_flat (B, D); means (B, K, D); covs (B, K, D, D) -> (B, K)
-        chol = jnp.linalg.cholesky(covs)
+        return self._component_logpdf_chol(x_flat, means, jnp.linalg.cholesky(covs))
+
+    def _component_logpdf_chol(self, x_flat, means, chol):
+        # chol: the lower Cholesky factors of the covariances, (B, K, D, D)
         diff = x_flat[:, None, :] - means
         sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
         logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
@@ -126,10 +129,13 @@ class GaussianMixture:
         r"""Exact score :math:`\nabla_x \log p_t(x) = \sum_k r_k(x)\,C_k^{-1}(m_k - x)`."""
         x_flat = x.reshape((x.shape[0], -1))
         means, covs = self._marginal_params(sde, t, x.shape[0])
-        logpdf = self._component_logpdf(x_flat, means, covs)
+        # One Cholesky factorization serves the densities and the solve (a second, LU-based
+        # solve next to it could deadlock XLA's CPU thread pool on 2-core machines).
+        chol = jnp.linalg.cholesky(covs)
+        logpdf = self._component_logpdf_chol(x_flat, means, chol)
         resp = jax.nn.softmax(logpdf + jnp.log(self.weights), axis=-1)  # (B, K)
         diff = means - x_flat[:, None, :]
-        precision_diff = jnp.linalg.solve(covs, diff[..., None])[..., 0]  # (B, K, D)
+        precision_diff = jax.scipy.linalg.cho_solve((chol, True), diff[..., None])[..., 0]
         s = jnp.sum(resp[..., None] * precision_diff, axis=1)
         return s.reshape(x.shape)
 
