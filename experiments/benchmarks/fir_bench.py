@@ -47,7 +47,7 @@ def upfirdn2d_depthwise(x, kernel, up=1, down=1, pad=(0, 0)):
     )
 
 
-def _median_ms(fn, *args, repeats: int) -> float:
+def median_ms(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
@@ -88,8 +88,8 @@ def main(argv=None) -> None:
                 jax.grad(lambda x, g, impl=impl, k=k, kw=kw: jnp.sum(impl(x, k, **kw) * g))
             )
             outs[impl_name] = np.asarray(y, np.float32)
-            t_f = _median_ms(fwd, x, repeats=args.repeats)
-            t_b = _median_ms(grad, x, g, repeats=args.repeats)
+            t_f = median_ms(fwd, x, repeats=args.repeats)
+            t_b = median_ms(grad, x, g, repeats=args.repeats)
             floor = (x.size + y.size) * dtype.itemsize / (args.bandwidth * 1e9) * 1e3
             diff = float(np.max(np.abs(outs[impl_name] - outs["taps"])))
             print(

@@ -22,12 +22,11 @@ GPU run::
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from fir_bench import median_ms
 from flax import linen as nn
 
 EPS = 1e-6
@@ -78,16 +77,6 @@ def flax_gn(x, gamma, beta, groups):
 VARIANTS = {"flax": flax_gn, "channel_sums": channel_sums, "two_stage": two_stage, "dot": dot}
 
 
-def _median_ms(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
@@ -121,8 +110,8 @@ def main(argv=None):
                 bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
                 y = np.asarray(fwd(x, gamma, beta), np.float32)
                 ref = y if ref is None else ref
-                t_f = _median_ms(fwd, x, gamma, beta, repeats=args.repeats)
-                t_b = _median_ms(bwd, x, gamma, beta, g, repeats=args.repeats)
+                t_f = median_ms(fwd, x, gamma, beta, repeats=args.repeats)
+                t_b = median_ms(bwd, x, gamma, beta, g, repeats=args.repeats)
                 floor = 2 * x.size * dtype.itemsize / (args.bandwidth * 1e9) * 1e3
                 print(
                     f"| {dtype_name} | {tuple(x.shape)} | {name} | {t_f:.3f} | {t_b:.3f} | "

@@ -277,13 +277,20 @@ def bench_train(name, config, args, out):
     return rows
 
 
-def bench_pc(name, config, args, out):
-    sde = sde_from_model_config(config)
+def init_network(config):
+    """(network, randomly initialized variables) of a config, initialized once under jit."""
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     model = sd.models.from_config(config)
     variables = jax.jit(model.init, static_argnames="train")(
         jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
     )
+    return model, variables
+
+
+def bench_pc(name, config, args, out):
+    sde = sde_from_model_config(config)
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    model, variables = init_network(config)
     shape = (args.pc_batch, size, size, ch)
 
     @jax.jit
@@ -322,10 +329,7 @@ def bench_ode(name, config, args, out):
     """Probability-flow ODE sampling (adaptive Tsit5, ``--ode-rtol``), NFE and wall time."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    model = sd.models.from_config(config)
-    variables = jax.jit(model.init, static_argnames="train")(
-        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-    )
+    model, variables = init_network(config)
     shape = (args.pc_batch, size, size, ch)
 
     @jax.jit
