@@ -187,7 +187,7 @@ def make_optimizer(
     schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
     transforms = []
     if grad_clip > 0:
-        transforms.append(optax.clip_by_global_norm(grad_clip))
+        transforms.append(_clip_by_global_norm(grad_clip))
     transforms.append(optax.scale_by_adam(b1=beta1, b2=beta2, eps=eps))
     if weight_decay > 0:
         transforms.append(optax.add_decayed_weights(weight_decay))
@@ -338,7 +338,30 @@ def _pmean_inexact(tree: Any) -> Any:
 
 
 def _global_norm(tree: Any) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+    r""":math:`\sqrt{\sum_i g_i^2}` over every entry of every leaf, as one reduction.
+
+    The leaves are raveled and concatenated first: one reduction over all parameters instead
+    of one per leaf (a network has ~1,000 leaves; per-leaf sums cost ~500 small GPU kernels
+    per norm).
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    dtype = jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
+    flat = jnp.concatenate([jnp.ravel(g).astype(dtype) for g in leaves])
+    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+
+
+def _clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax's ``clip_by_global_norm`` (same state) with the norm from :func:`_global_norm`."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = _global_norm(updates)
+        scale = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+        return jax.tree.map(lambda g: (g * scale).astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _local_batch_size(batch: Any, n_jitted_steps: int) -> int:

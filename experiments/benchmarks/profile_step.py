@@ -159,6 +159,64 @@ def device_events(xplane_path: str):
     return device or host
 
 
+def host_summary(xplane_path: str, index: dict, steps: int) -> None:
+    """Prints where the host's dispatch time of one call goes, by thunk category.
+
+    XLA's GPU runtime annotates every thunk it executes on the host with its HLO name
+    (``cudnn-conv...``, a fusion, or ``command_buffer_N`` for a CUDA graph of many kernels);
+    the table sums those annotations per call, plus the part of the PJRT ``Execute`` call
+    outside the thunks (argument checks, buffer and output handling).
+    """
+    from jax._src.lib import _profile_data
+
+    data = _profile_data.ProfileData.from_file(xplane_path)
+    time_by, count_by = collections.Counter(), collections.Counter()
+    execute = pjrt = 0.0
+    for plane in data.planes:
+        if plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            covered_until = -1.0  # end of the last counted thunk: skip what it contains
+            for event in sorted(line.events, key=lambda e: e.start_ns):
+                name = event.name.split("#")[0]
+                dur = float(event.duration_ns)
+                if "GpuExecutable::ExecuteThunks" in name:
+                    execute += dur
+                    continue
+                if name == "PJRT_LoadedExecutable_Execute":
+                    pjrt += dur
+                    continue
+                if re.fullmatch(r"command_buffer_\d+", name):
+                    cat = "CUDA graph (command buffer) launch"
+                elif name in index and not name.startswith("command_buffer"):
+                    kind = index[name][0]
+                    cat = "cuDNN convolution" if "conv" in kind.lower() else f"kernel ({kind})"
+                else:
+                    continue
+                if event.start_ns < covered_until:
+                    continue
+                covered_until = event.start_ns + dur
+                time_by[cat] += dur
+                count_by[cat] += 1
+    if not execute:
+        print("\n# host: no GpuExecutable::ExecuteThunks events in the trace (not a GPU run)")
+        return
+    thunks = sum(time_by.values())
+    print(
+        f"\n# host dispatch per call: {pjrt / steps / 1e6:.2f} ms in PJRT Execute, of which "
+        f"{execute / steps / 1e6:.2f} ms executing thunks"
+    )
+    print("\n| host thunk | launches per call | host ms per call |\n|---|---|---|")
+    for cat, dur in time_by.most_common():
+        print(f"| {cat} | {count_by[cat] / steps:.0f} | {dur / steps / 1e6:.2f} |")
+    rows = (
+        ("(between thunks)", execute - thunks),
+        ("(PJRT: arguments, buffers, outputs)", pjrt - execute),
+    )
+    for label, dur in rows:
+        print(f"| {label} | | {dur / steps / 1e6:.2f} |")
+
+
 def summarize(events, index: dict, steps: int, top: int, tag: str) -> None:
     """Prints the kernel-kind, layer and top-instruction tables of one trace."""
     by_cat, by_layer, by_op = (collections.Counter() for _ in range(3))
@@ -246,7 +304,9 @@ def main(argv=None) -> None:
             f.write(xplane)
             f.flush()
             events = device_events(f.name)
-        summarize(events, hlo_index(hlo.decode()), args.steps, args.top, args.from_files[0])
+            index = hlo_index(hlo.decode())
+            summarize(events, index, args.steps, args.top, args.from_files[0])
+            host_summary(f.name, index, args.steps)
         return
     args.batch = args.batch or (2 if args.smoke else 128)
     config = load_config(
@@ -273,6 +333,7 @@ def main(argv=None) -> None:
             dst.write(compiled.as_text())
 
     summarize(device_events(paths[0]), index, args.steps, args.top, tag)
+    host_summary(paths[0], index, args.steps)
 
 
 if __name__ == "__main__":

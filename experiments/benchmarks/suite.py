@@ -220,6 +220,7 @@ def bench_train(name, config, args, out):
         state, metrics = compiled(state, batch_arr)
         jax.block_until_ready(metrics)
         first_s = time.perf_counter() - t0
+        first_loss = float(np.asarray(metrics["loss"]).ravel()[0])
         # Synchronized: one call at a time (the device idles while the host dispatches).
         times, dispatch = [], []
         for _ in range(args.repeats):
@@ -269,6 +270,7 @@ def bench_train(name, config, args, out):
             "mfu": None
             if model_gflop is None
             else model_gflop * 1e9 * img_s / (devices * peak_tflops(args, dtype_name) * 1e12),
+            "first_loss": first_loss,
             "loss": float(np.asarray(metrics["loss"]).ravel()[-1]),
         }
         emit(rec, out)
