@@ -217,6 +217,31 @@ def host_summary(xplane_path: str, index: dict, steps: int) -> None:
         print(f"| {label} | | {dur / steps / 1e6:.2f} |")
 
 
+def compile_summary(xplane_path: str, top: int) -> None:
+    """Prints the host events of a traced compilation with the most total (inclusive) time.
+
+    XLA annotates its compiler passes, autotuners and code generation; nested events are
+    each counted in full, so the column is "time inside", not a partition.
+    """
+    from jax._src.lib import _profile_data
+
+    data = _profile_data.ProfileData.from_file(xplane_path)
+    time_by, count_by = collections.Counter(), collections.Counter()
+    for plane in data.planes:
+        if plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            for event in line.events:
+                name = re.sub(r"\d+", "N", event.name.split("#")[0])[:80]
+                if name.startswith("$"):  # Python frames
+                    continue
+                time_by[name] += float(event.duration_ns)
+                count_by[name] += 1
+    print("\n| compile event (inclusive) | count | s |\n|---|---|---|")
+    for name, dur in time_by.most_common(top):
+        print(f"| {name} | {count_by[name]} | {dur / 1e9:.2f} |")
+
+
 def summarize(events, index: dict, steps: int, top: int, tag: str) -> None:
     """Prints the kernel-kind, layer and top-instruction tables of one trace."""
     by_cat, by_layer, by_op = (collections.Counter() for _ in range(3))
@@ -284,6 +309,11 @@ def main(argv=None) -> None:
         help="summarize a saved trace and HLO (e.g. fetched from a GPU run) instead of running",
     )
     p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument(
+        "--trace-compile",
+        action="store_true",
+        help="also trace the compilation and print where its time goes",
+    )
     p.add_argument("--out", default=None, help="folder for the trace and the HLO (gzipped)")
     p.add_argument(
         "--fir",
@@ -313,7 +343,14 @@ def main(argv=None) -> None:
         suite.CONFIGS[args.model] + (":smoke" if args.smoke else ""),
         overrides=[f"model.init_scale={args.init_scale}"],
     )
-    compiled, call = build(args, config)
+    if args.trace_compile:
+        compile_dir = tempfile.mkdtemp(prefix="scoresde_compile_trace_")
+        with jax.profiler.trace(compile_dir):
+            compiled, call = build(args, config)
+        found = glob.glob(os.path.join(compile_dir, "**", "*.xplane.pb"), recursive=True)
+        compile_summary(found[0], args.top)
+    else:
+        compiled, call = build(args, config)
     index = hlo_index(compiled.as_text())
     for _ in range(2):
         jax.block_until_ready(call())
