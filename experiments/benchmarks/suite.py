@@ -102,11 +102,8 @@ def build_forward(config, dtype_name: str, batch: int, variables=None):
     """(jitted score function, its arguments) for one network, compute dtype and batch."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    base = sd.models.from_config(config)
-    if variables is None:
-        variables = jax.jit(base.init, static_argnames="train")(
-            jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-        )
+    base, initialized = init_network(config)
+    variables = initialized if variables is None else variables
     model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
     x = jax.random.normal(jax.random.key(1), (batch, size, size, ch))
     t = jnp.linspace(0.1, 1.0, batch)
@@ -176,11 +173,8 @@ def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, device
     """
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    base = sd.models.from_config(config)
+    base, variables = init_network(config)
     model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
-    variables = jax.jit(base.init, static_argnames="train")(
-        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-    )
     loss_fn = sd.losses.get_model_loss_fn(
         sde,
         model,
@@ -202,7 +196,7 @@ def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, device
 
 
 def bench_train(name, config, args, out):
-    n = args.n_jitted_steps
+    n = args.n_jitted_steps or int(config.training.n_jitted_steps)
     rows = []
     for dtype_name, devices in itertools.product(args.dtypes.split(","), args.devices):
         batch = args.train_batch * devices
@@ -279,14 +273,24 @@ def bench_train(name, config, args, out):
     return rows
 
 
+_INITIALIZED: dict[str, tuple] = {}
+
+
 def init_network(config):
-    """(network, randomly initialized variables) of a config, initialized once under jit."""
-    size, ch = int(config.data.image_size), int(config.data.num_channels)
-    model = sd.models.from_config(config)
-    variables = jax.jit(model.init, static_argnames="train")(
-        jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-    )
-    return model, variables
+    """(network, randomly initialized variables) of a config, initialized once under jit.
+
+    Memoized per config within the process: compiling ``model.init`` of a full-size network
+    takes about a minute on the GPU machine, and every bench of a model uses the same weights.
+    """
+    key = config.to_json()
+    if key not in _INITIALIZED:
+        size, ch = int(config.data.image_size), int(config.data.num_channels)
+        model = sd.models.from_config(config)
+        variables = jax.jit(model.init, static_argnames="train")(
+            jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
+        )
+        _INITIALIZED[key] = (model, variables)
+    return _INITIALIZED[key]
 
 
 def bench_pc(name, config, args, out):
@@ -392,7 +396,13 @@ def main(argv=None) -> None:
         default="1",
         help="train: comma-separated device counts, e.g. 1,2 for the data-parallel scaling",
     )
-    p.add_argument("--n-jitted-steps", type=int, default=1)
+    p.add_argument(
+        "--n-jitted-steps",
+        type=int,
+        default=None,
+        help="train steps per call (default: the config's training.n_jitted_steps, 5 for the "
+        "CIFAR-10 configs, as the reference and `scoresde train` run them)",
+    )
     p.add_argument("--pc-batch", type=int, default=None)
     p.add_argument("--pc-steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
