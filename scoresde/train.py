@@ -476,11 +476,6 @@ def make_train_step(
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, model_state), grads = grad_fn(state.params, state.model_state, batch, keys)
         loss, grads, model_state = _pmean_inexact((loss, grads, model_state))
-        # Materialize the gradients in the parameters' layout before the update. Without the
-        # barrier XLA fuses the transpose of each convolution's filter gradient (cuDNN writes
-        # it output-channel-major) into the optimizer and EMA update and transposes the four
-        # state arrays instead: one slow fusion per kernel, plus copies of the Adam moments.
-        grads = jax.lax.optimization_barrier(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(

@@ -59,6 +59,25 @@ def test_optimizer_clips_global_norm(grad_clip):
     np.testing.assert_allclose(mu["b"], 0.1 * scale * grads["b"], rtol=1e-6)
 
 
+def test_optimizer_clip_norm_spans_large_and_small_leaves(np_rng):
+    """Large leaves (>= 2**16 entries) are reduced one by one, small ones concatenated: the
+    clip must still use the norm of all entries together."""
+    grads = {
+        "kernel": jnp.asarray(np_rng.normal(size=(3, 3, 96, 96)), jnp.float32),  # 82,944 entries
+        "bias": jnp.asarray(np_rng.normal(size=(96,)), jnp.float32),
+        "scale": jnp.asarray(np_rng.normal(size=(7,)), jnp.float32),
+    }
+    flat = np.concatenate([np.asarray(g, np.float64).ravel() for g in grads.values()])
+    norm = np.linalg.norm(flat)  # ~288
+    opt = sd.make_optimizer(warmup=0, grad_clip=1.0, beta1=0.9)
+    params = jax.tree.map(jnp.zeros_like, grads)
+    _, state = opt.update(grads, opt.init(params), params)
+    mu = _adam_state(state).mu
+    for name, g in grads.items():
+        # float32 sums of ~83k squares: relative error ~1e-6
+        np.testing.assert_allclose(mu[name], 0.1 * np.asarray(g) / norm, rtol=1e-5, atol=1e-9)
+
+
 def test_optimizer_weight_decay_and_errors():
     opt = sd.make_optimizer(lr=0.5, warmup=0, weight_decay=0.1)
     params = jnp.array([1.0, -2.0])
