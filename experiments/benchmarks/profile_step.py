@@ -9,7 +9,10 @@ e.g. ``.../ResnetBlockBigGANpp_3/GroupNorm_1/...``), so the tables say which lay
 
 - by kernel kind (what the GPU spends its time on),
 - by layer type (the Flax module class / op in the source path),
-- the ``--top`` most expensive instructions.
+- the ``--top`` most expensive instructions,
+- the host's dispatch time per call by thunk kind (CUDA-graph launches, cuDNN convolutions,
+  single kernels, PJRT's buffer handling),
+- with ``--trace-compile``, the compiler's passes and autotuners that take the most time.
 
 The trace (``*.xplane.pb``, viewable in XProf/TensorBoard) and the optimized HLO are written
 gzipped under ``--out``.

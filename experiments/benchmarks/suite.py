@@ -8,7 +8,8 @@ randomly initialized, synthetic data already on the device) it measures
   and compute dtype (float32 with the platform's default matmul precision, i.e. TF32 on
   Hopper; and bfloat16 compute with float32 parameters), compile time and XLA's compiled
   memory estimate;
-- ``train``: the data-parallel train step (:func:`scoresde.make_train_step`, one device),
+- ``train``: the data-parallel train step (:func:`scoresde.make_train_step`, one device,
+  the config's ``training.n_jitted_steps`` steps per call unless ``--n-jitted-steps``),
   images per second with calls dispatched back to back (as :func:`scoresde.run_training`
   runs them) and with a wait after every call, the host's dispatch time, compile time,
   peak memory, XLA's FLOP count per image, and model FLOP utilisation (the issue's GFLOP
