@@ -64,6 +64,19 @@ def test_suite_smoke_forward_train_pc(capsys, tmp_path):
     assert pc["nfe"] == 2 * (pc["num_steps"] - 1) + 1
 
 
+def test_suite_auto_state_layout_trains_the_same(capsys):
+    """``--state-layout auto`` stores the state in XLA-chosen layouts: the same program, so the
+    same losses (on a CPU both layouts are row-major and the runs agree exactly)."""
+    common = ["--smoke", "--models", "ddpmpp_vp", "--dtypes", "float32", "--benches", "train"]
+    losses = {}
+    for layout in ("default", "auto"):
+        suite.main([*common, "--state-layout", layout])
+        (rec,) = _records(capsys.readouterr().out)
+        assert rec["state_layout"] == layout
+        losses[layout] = (rec["first_loss"], rec["loss"])
+    np.testing.assert_allclose(losses["auto"], losses["default"], rtol=1e-6)
+
+
 def test_fir_bench_smoke_implementations_agree(capsys):
     fir_bench.main(["--smoke"])
     rows = _table_rows(capsys.readouterr().out)[1:]  # skip the header
