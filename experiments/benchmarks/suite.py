@@ -188,7 +188,9 @@ def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, device
     step = sd.make_train_step(
         loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=n_jitted_steps, mesh=mesh
     )
-    state = step.replicate(sd.TrainState.create(variables["params"], optimizer, 0))
+    # A copy: the step donates the state, and the memoized variables serve later benches.
+    params = jax.tree.map(jnp.copy, variables["params"])
+    state = step.replicate(sd.TrainState.create(params, optimizer, 0))
     n = n_jitted_steps
     global_batch = batch * devices
     shape = (n, global_batch, size, size, ch) if n > 1 else (global_batch, size, size, ch)
