@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -21,6 +23,7 @@ import fir_bench  # noqa: E402
 import groupnorm_bench  # noqa: E402
 import profile_step  # noqa: E402
 import suite  # noqa: E402
+import temb_shift_bench  # noqa: E402
 
 
 def _records(text: str) -> list[dict]:
@@ -119,3 +122,33 @@ def test_hlo_index_reads_kinds_and_sources():
     assert index["cudnn_conv_1"][0] == "__cudnn$convForward"
     assert profile_step.layer_of("a/b/GroupNorm_0/add") == "GroupNorm"
     assert profile_step.kind_category("__cudnn$convForward", "sm90_xmma") == "convolution (cuDNN)"
+
+
+def test_temb_shift_folded_into_groupnorm_is_the_same_function(capsys, np_rng):
+    """GroupNorm(h + t) from per-channel sums of h (the shift never materialized) equals the
+    GroupNorm of the shifted tensor, values and gradients, in float32."""
+    temb_shift_bench.main(["--smoke", "--dtypes", "float32"])
+    rows = _table_rows(capsys.readouterr().out)[1:]
+    assert {r[2] for r in rows} == set(temb_shift_bench.VARIANTS)
+    b, size, ch, groups = 2, 6, 8, 2
+    args = [
+        np_rng.normal(size=(b, size, size, ch)),
+        np_rng.normal(size=(3, 3, ch, ch)) / 8,
+        0.1 * np_rng.normal(size=(ch,)),
+        np_rng.normal(size=(b, ch)),  # t: a shift per example and channel
+        1.0 + 0.1 * np_rng.normal(size=(ch,)),
+        0.1 * np_rng.normal(size=(ch,)),
+    ]
+    args = [jnp.asarray(a, jnp.float32) for a in args]
+    weights = jnp.asarray(np_rng.normal(size=(b, size, size, ch)), jnp.float32)
+
+    def loss(f):
+        return lambda *a: jnp.sum(f(*a, groups) * weights)
+
+    ref = temb_shift_bench.as_written(*args, groups)
+    # one-pass statistics of O(1) data in float32: ~1e-6 apart
+    np.testing.assert_allclose(temb_shift_bench.folded(*args, groups), ref, atol=1e-5)
+    grads_ref = jax.grad(loss(temb_shift_bench.as_written), argnums=range(6))(*args)
+    grads = jax.grad(loss(temb_shift_bench.folded), argnums=range(6))(*args)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
