@@ -99,12 +99,11 @@ def emit(record: dict, out) -> None:
         out.flush()
 
 
-def build_forward(config, dtype_name: str, batch: int, variables=None):
+def build_forward(config, dtype_name: str, batch: int):
     """(jitted score function, its arguments) for one network, compute dtype and batch."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    base, initialized = init_network(config)
-    variables = initialized if variables is None else variables
+    base, variables = init_network(config)
     model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
     x = jax.random.normal(jax.random.key(1), (batch, size, size, ch))
     t = jnp.linspace(0.1, 1.0, batch)
@@ -117,11 +116,9 @@ def build_forward(config, dtype_name: str, batch: int, variables=None):
 
 def bench_forward(name, config, args, out):
     rows = []
-    variables = None
     for dtype_name in args.dtypes.split(","):
         for batch in args.batches:
-            jf, call_args = build_forward(config, dtype_name, batch, variables)
-            variables = call_args[0]
+            jf, call_args = build_forward(config, dtype_name, batch)
             t0 = time.perf_counter()
             compiled = jf.lower(*call_args).compile()
             compile_s = time.perf_counter() - t0
