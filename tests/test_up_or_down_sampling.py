@@ -72,6 +72,32 @@ def test_upfirdn2d_matches_definition(np_rng, up, down, pad):
     np.testing.assert_allclose(got, want, atol=ATOL)
 
 
+@pytest.mark.parametrize("ksize", [1, 3, 4])
+@pytest.mark.parametrize("up", [2, 3])
+@pytest.mark.parametrize("pad", [(2, 1), (-2, 3), (3, -1)])
+def test_polyphase_upsampling_matches_definition_and_its_gradient(np_rng, ksize, up, pad):
+    """Upsampling (down = 1) runs as up**2 phase images when the output divides into them.
+
+    Values against the loop definition; the gradient against that of the zero-insertion form
+    (``_upfirdn2d_direct``), the same linear map written the other way.
+    """
+    x = np_rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
+    k = np_rng.standard_normal((ksize, ksize)).astype(np.float32)
+    size = (5 * up + sum(pad) - ksize + 1, 4 * up + sum(pad) - ksize + 1)
+    if min(size) < 1:
+        pytest.skip("output would be empty")
+    got = fir.upfirdn2d(x, k, up=up, pad=pad)
+    want = upfirdn_direct(x.astype(np.float64), k.astype(np.float64), up, 1, pad)
+    np.testing.assert_allclose(np.asarray(got), want, atol=ATOL)
+
+    g = np_rng.standard_normal(got.shape).astype(np.float32)
+    _, vjp = jax.vjp(lambda v: fir.upfirdn2d(v, k, up=up, pad=pad), jnp.asarray(x))
+    _, vjp_direct = jax.vjp(
+        lambda v: fir._upfirdn2d_direct(v, k, up, 1, pad[0], pad[1], *size), jnp.asarray(x)
+    )
+    np.testing.assert_allclose(np.asarray(vjp(g)[0]), np.asarray(vjp_direct(g)[0]), atol=ATOL)
+
+
 def test_setup_kernel_is_normalized_outer_product():
     k = fir.setup_kernel([1, 3, 3, 1])
     np.testing.assert_allclose(k, np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0, rtol=1e-7)

@@ -1,12 +1,14 @@
-r"""FIR resampling: the shipped tap-sum ``upfirdn2d`` against a depthwise convolution.
+r"""FIR resampling: the shipped tap-sum ``upfirdn2d`` against the forms it replaced.
 
-Both compute StyleGAN2's ``upfirdn2d`` (zero insertion, padding, a 4x4 binomial filter,
+All compute StyleGAN2's ``upfirdn2d`` (zero insertion, padding, a 4x4 binomial filter,
 decimation). The depthwise form is one ``lax.conv_general_dilated`` with
-``feature_group_count=C``; the shipped form sums 16 strided slices, which XLA fuses into one
-elementwise kernel. Shapes are NCSN++'s on CIFAR-10 (batch 128): each resolution's widest
-down- and upsampling. Forward and forward+backward, median milliseconds, the two
-implementations' max difference, and the bytes-moved floor (input read once, output
-written once) at ``--bandwidth`` GB/s.
+``feature_group_count=C``; the shipped form (``taps``) sums strided slices, which XLA fuses
+into one elementwise kernel: 16 slices when downsampling, and when upsampling 4 per output
+phase (the phases then interleaved by a reshape). ``zero_insert_taps`` is the upsampling the
+phases replaced: 16 slices of the zero-inserted image, 12 of them on inserted zeros. Shapes
+are NCSN++'s on CIFAR-10 (batch 128): each resolution's widest down- and upsampling. Forward
+and forward+backward, median milliseconds, the max difference from ``taps``, and the
+bytes-moved floor (input read once, output written once) at ``--bandwidth`` GB/s.
 
 GPU run::
 
@@ -47,6 +49,15 @@ def upfirdn2d_depthwise(x, kernel, up=1, down=1, pad=(0, 0)):
     )
 
 
+def upfirdn2d_zero_insert(x, kernel, up=1, down=1, pad=(0, 0)):
+    """The tap sum over the zero-inserted image (what upsampling ran before the phases)."""
+    k = np.asarray(kernel, np.float32)
+    p0, p1 = (pad, pad) if isinstance(pad, int) else pad
+    ho = (x.shape[1] * up + p0 + p1 - k.shape[0]) // down + 1
+    wo = (x.shape[2] * up + p0 + p1 - k.shape[1]) // down + 1
+    return fir._upfirdn2d_direct(x, k, up, down, p0, p1, ho, wo)
+
+
 def median_ms(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times = []
@@ -80,7 +91,10 @@ def main(argv=None) -> None:
         else:
             k, kw = kernel * 4, {"up": 2, "pad": (2, 1)}
         outs = {}
-        for impl_name, impl in (("taps", fir.upfirdn2d), ("depthwise", upfirdn2d_depthwise)):
+        impls = [("taps", fir.upfirdn2d), ("depthwise", upfirdn2d_depthwise)]
+        if mode == "up":
+            impls.insert(1, ("zero_insert_taps", upfirdn2d_zero_insert))
+        for impl_name, impl in impls:
             fwd = jax.jit(lambda x, impl=impl, k=k, kw=kw: impl(x, k, **kw))
             y = fwd(x)
             g = jax.random.normal(jax.random.key(7), y.shape, dtype)
