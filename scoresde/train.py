@@ -22,13 +22,11 @@ Equations", ICLR 2021 (Adam, linear warm-up, gradient clipping, EMA as in its co
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -375,58 +373,6 @@ def _clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _check_flat_params(params: Any) -> None:
-    dtypes = {jnp.asarray(x).dtype for x in jax.tree.leaves(params)}
-    if len(dtypes) > 1:
-        raise ValueError(
-            "make_train_step: flat_update=True needs parameters of one dtype (they are "
-            f"concatenated into one vector), got dtypes {sorted(map(str, dtypes))}; pass "
-            "flat_update=False."
-        )
-
-
-def _map_params_like(fn: Callable, tree: Any, params: Any) -> Any:
-    """Applies ``fn`` to each subtree of ``tree`` shaped like ``params`` (e.g. Adam's moments)."""
-    treedef = jax.tree.structure(params)
-    shapes = [jnp.shape(x) for x in jax.tree.leaves(params)]
-
-    def like(x):
-        return jax.tree.structure(x) == treedef and [
-            jnp.shape(v) for v in jax.tree.leaves(x)
-        ] == shapes
-
-    return jax.tree.map(lambda x: fn(x) if like(x) else x, tree, is_leaf=like)
-
-
-def _to_flat(state: TrainState) -> tuple[TrainState, Callable[[jax.Array], Any]]:
-    """``state`` with parameters, EMA and the parameter-shaped optimizer state as vectors.
-
-    Returns the flat state and ``unravel`` (vector -> parameter tree).
-    """
-    _check_flat_params(state.params)
-    flat_params, unravel = jax.flatten_util.ravel_pytree(state.params)
-    ravel = lambda t: jax.flatten_util.ravel_pytree(t)[0]  # noqa: E731
-    flat = state.replace(
-        params=flat_params,
-        opt_state=_map_params_like(ravel, state.opt_state, state.params),
-        ema_params=ravel(state.ema_params),
-    )
-    return flat, unravel
-
-
-def _from_flat(flat: TrainState, unravel: Callable[[jax.Array], Any]) -> TrainState:
-    """The inverse of :func:`_to_flat` (each vector back to a tree of its own dtype)."""
-
-    def tree(v: jax.Array) -> Any:
-        return jax.tree.map(lambda x: x.astype(v.dtype), unravel(v))
-
-    return flat.replace(
-        params=tree(flat.params),
-        opt_state=_map_params_like(tree, flat.opt_state, flat.params),
-        ema_params=tree(flat.ema_params),
-    )
-
-
 def _local_batch_size(batch: Any, n_jitted_steps: int) -> int:
     leaf = jax.tree.leaves(batch)[0]
     return leaf.shape[1] if n_jitted_steps > 1 else leaf.shape[0]
@@ -475,7 +421,6 @@ def make_train_step(
     n_jitted_steps: int = 1,
     mesh: Mesh | None = None,
     donate: bool = True,
-    flat_update: bool = False,
 ) -> TrainStep:
     r"""Builds the jitted, data-parallel training step.
 
@@ -492,16 +437,6 @@ def make_train_step(
       n_jitted_steps: updates per call (``lax.scan`` over a leading batch axis).
       mesh: device mesh with axis ``"data"`` (default :func:`data_mesh`, all devices).
       donate: donate the input state's buffers.
-      flat_update: inside the call, hold parameters, EMA and the parameter-shaped optimizer
-        state (e.g. Adam's moments) as single vectors, so the gradient all-reduce, the
-        optimizer and the EMA run as a few kernels over one vector instead of one or two per
-        leaf (on a GPU, ~3.9 -> ~0.9 ms per update for a 62M-parameter network of 564 leaves;
-        ``docs/benchmarks.md``). The network still sees the parameter tree, and the state
-        outside the call is unchanged. Only for elementwise optimizers (Adam, SGD, global-norm
-        clipping, uniform weight decay, learning-rate schedules, e.g. :func:`make_optimizer`):
-        the optimizer sees the parameters as one vector, so per-leaf logic (masks by name,
-        layer-wise trust ratios, factored moments) would not apply. Needs parameters of one
-        dtype.
 
     Returns:
       A :class:`TrainStep`.
@@ -533,19 +468,13 @@ def make_train_step(
             f"{mesh.axis_names}; build it with scoresde.data_mesh(devices)."
         )
 
-    if not isinstance(flat_update, bool):
-        raise ValueError(f"make_train_step: flat_update must be a bool, got {flat_update!r}.")
-
-    def one_step(state: TrainState, batch: Any, unravel: Callable | None) -> tuple[TrainState, dict]:
+    def one_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         local_b = _local_batch_size(batch, 1)
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         start = jax.lax.axis_index(DATA_AXIS) * local_b
         keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(start + jnp.arange(local_b))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        params = state.params if unravel is None else unravel(state.params)
-        (loss, model_state), grads = grad_fn(params, state.model_state, batch, keys)
-        if unravel is not None:
-            grads = jax.flatten_util.ravel_pytree(grads)[0]
+        (loss, model_state), grads = grad_fn(state.params, state.model_state, batch, keys)
         loss, grads, model_state = _pmean_inexact((loss, grads, model_state))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -559,15 +488,9 @@ def make_train_step(
         return new_state, {"loss": loss, "grad_norm": _global_norm(grads)}
 
     def per_device(state, batch):
-        unravel = None
-        if flat_update:
-            state, unravel = _to_flat(state)
-        step = functools.partial(one_step, unravel=unravel)
         if n_jitted_steps == 1:
-            state, metrics = step(state, batch)
-        else:
-            state, metrics = jax.lax.scan(step, state, batch)
-        return (state if unravel is None else _from_flat(state, unravel)), metrics
+            return one_step(state, batch)
+        return jax.lax.scan(one_step, state, batch)
 
     batch_spec = P(None, DATA_AXIS) if n_jitted_steps > 1 else P(DATA_AXIS)
     # check_vma=False: gradients w.r.t. the replicated state stay per-device until the

@@ -152,3 +152,13 @@ def test_temb_shift_folded_into_groupnorm_is_the_same_function(capsys, np_rng):
     grads = jax.grad(loss(temb_shift_bench.folded), argnums=range(6))(*args)
     for g, g_ref in zip(grads, grads_ref, strict=True):
         np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_optimizer_bench_smoke_variants_agree():
+    import optimizer_bench
+
+    rows = optimizer_bench.main(["--smoke", "--models", "ddpmpp_vp"])
+    assert [r["variant"] for r in rows] == ["tree", "packed", "flat"]
+    # packing only regroups the same elementwise arithmetic: bit-identical to the tree update
+    assert rows[1]["max_abs_diff_vs_tree"] == 0.0
+    assert all(r["ms_per_update"] > 0 and r["params"] == rows[0]["params"] for r in rows)

@@ -18,6 +18,12 @@ variants can be compared without compiling the network:
 Each update runs ``--inner`` times inside one jitted ``lax.fori_loop`` (so the ~2,000 buffer
 arguments are handled once, not per update); the row is the median per update.
 
+What it showed (``docs/benchmarks.md``): ``flat`` is 4x faster than ``tree`` in isolation, but
+a train step that carried the state as vectors (slicing the parameter vector for the network
+and concatenating the gradients every step) was slower end to end, so the step stays per
+leaf; ``packed`` loses to ``tree`` outright (its concatenations and slices cost more kernels
+than they save).
+
 GPU run::
 
     PYTHONPATH=. python experiments/benchmarks/optimizer_bench.py

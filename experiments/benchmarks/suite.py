@@ -164,14 +164,7 @@ def peak_memory_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def build_train(
-    config,
-    dtype_name: str,
-    batch: int,
-    n_jitted_steps: int,
-    devices: int = 1,
-    flat_update: bool = False,
-):
+def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, devices: int = 1):
     """(train step, replicated state, sharded synthetic batch) for one network and dtype.
 
     ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices.
@@ -190,12 +183,7 @@ def build_train(
     optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
     mesh = sd.data_mesh(jax.devices()[:devices])
     step = sd.make_train_step(
-        loss_fn,
-        optimizer,
-        ema_rate=0.9999,
-        n_jitted_steps=n_jitted_steps,
-        mesh=mesh,
-        flat_update=flat_update,
+        loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=n_jitted_steps, mesh=mesh
     )
     # A copy: the step donates the state, and the memoized variables serve later benches.
     params = jax.tree.map(jnp.copy, variables["params"])
@@ -241,13 +229,9 @@ def compile_with_auto_state_layout(step, state, batch):
 def bench_train(name, config, args, out):
     n = args.n_jitted_steps or int(config.training.n_jitted_steps)
     rows = []
-    for dtype_name, devices, update in itertools.product(
-        args.dtypes.split(","), args.devices, args.updates.split(",")
-    ):
+    for dtype_name, devices in itertools.product(args.dtypes.split(","), args.devices):
         batch = args.train_batch * devices
-        step, state, batch_arr = build_train(
-            config, dtype_name, args.train_batch, n, devices, flat_update=update == "flat"
-        )
+        step, state, batch_arr = build_train(config, dtype_name, args.train_batch, n, devices)
         t0 = time.perf_counter()
         if args.state_layout == "auto":
             compiled, state = compile_with_auto_state_layout(step, state, batch_arr)
@@ -300,7 +284,6 @@ def bench_train(name, config, args, out):
             "devices": devices,
             "n_jitted_steps": n,
             "state_layout": args.state_layout,
-            "update": update,
             "median_s": pipelined,
             "img_per_s": img_s,
             "synced_median_s": med,
@@ -461,12 +444,6 @@ def main(argv=None) -> None:
         choices=("default", "auto"),
         help="train: row-major state, or device layouts chosen by XLA (an experiment; the "
         "compile time then covers two compilations)",
-    )
-    p.add_argument(
-        "--updates",
-        default="tree",
-        help="train: comma-separated parameter-update forms: tree (one update per leaf, "
-        "make_train_step's default) and/or flat (flat_update=True)",
     )
     p.add_argument("--pc-batch", type=int, default=None)
     p.add_argument("--pc-steps", type=int, default=None)
