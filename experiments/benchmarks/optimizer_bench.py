@@ -38,7 +38,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import scoresde as sd
@@ -67,7 +66,7 @@ def random_tree(shapes, key, scale: float):
     leaves, treedef = jax.tree.flatten(shapes)
     keys = jax.random.split(key, len(leaves))
     return treedef.unflatten(
-        [scale * jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, leaves)]
+        [scale * jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, leaves, strict=True)]
     )
 
 
@@ -158,7 +157,10 @@ def bench(name: str, config, args) -> list[dict]:
         if fn is None:
             fopt = opt.init(fparams)
             ms = time_update(
-                lambda *a: update_tree(opt, *a), (fparams, fopt, fema, fgrads), args.inner, args.repeats
+                lambda *a: update_tree(opt, *a),
+                (fparams, fopt, fema, fgrads),
+                args.inner,
+                args.repeats,
             )
             err = None
         else:
@@ -166,7 +168,7 @@ def bench(name: str, config, args) -> list[dict]:
             got = jax.jit(fn)(params, opt_state, ema, grads)
             err = max(
                 float(jnp.max(jnp.abs(a - b)))
-                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference))
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True)
             )
         row = {
             "bench": "optimizer_update",

@@ -151,8 +151,7 @@ def _phase_taps(size: int, up: int, p0: int) -> list[list[tuple[int, int]]]:
     and then :math:`j = q + d` with :math:`d = (r + a - p_0)/up`.
     """
     return [
-        [(a, (r + a - p0) // up) for a in range(size) if (r + a - p0) % up == 0]
-        for r in range(up)
+        [(a, (r + a - p0) // up) for a in range(size) if (r + a - p0) % up == 0] for r in range(up)
     ]
 
 
