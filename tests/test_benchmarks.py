@@ -162,3 +162,17 @@ def test_optimizer_bench_smoke_variants_agree():
     # packing only regroups the same elementwise arithmetic: bit-identical to the tree update
     assert rows[1]["max_abs_diff_vs_tree"] == 0.0
     assert all(r["ms_per_update"] > 0 and r["params"] == rows[0]["params"] for r in rows)
+
+
+def test_suite_one_process_per_device(tmp_path, monkeypatch):
+    """``--processes 2``: two processes joined on localhost, one device each, one report."""
+    out = tmp_path / "mp.jsonl"
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    argv = ["--smoke", "--models", "ddpmpp_vp", "--dtypes", "float32", "--benches", "train"]
+    suite.main([*argv, "--processes", "2", "--repeats", "1", "--out", str(out)])
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]  # process 0 only
+    assert (rec["processes"], rec["devices"], rec["batch"]) == (2, 2, 4)
+    assert np.isfinite(rec["first_loss"]) and np.isfinite(rec["loss"])
+    assert rec["img_per_s"] == pytest.approx(rec["batch"] * rec["n_jitted_steps"] / rec["median_s"])
+    with pytest.raises(SystemExit):  # only the train bench runs across processes
+        suite.main([*argv[:5], "train,pc", "--processes", "2"])

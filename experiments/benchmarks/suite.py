@@ -21,7 +21,11 @@ randomly initialized, synthetic data already on the device) it measures
   of ``likelihood_bench.py``), NFE and ms per NFE.
 
 ``--devices 1,2`` repeats the train step data-parallel over one and two devices at the same
-per-device batch (the scaling figure).
+per-device batch (the scaling figure), all driven by this one process. ``--processes 2``
+instead starts one process per GPU (this script again, joined through
+:func:`scoresde.initialize_distributed` on localhost; each process sees one GPU, launches only
+its own kernels and feeds only its own rows) and runs the train bench over all of them;
+process 0 reports.
 
 Each timing: one warm-up call (compilation, timed separately), then ``--repeats`` calls with
 ``block_until_ready``; the median is reported. A JSON line per measurement goes to stdout
@@ -43,7 +47,9 @@ import datetime
 import itertools
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 
@@ -85,9 +91,12 @@ def timed(fn, *args, repeats: int):
 
 
 def emit(record: dict, out) -> None:
+    """Prints a JSON line and appends it to ``out`` (in a multi-process run: process 0 only)."""
+    if jax.process_index() != 0:
+        return
     record = {
         "date": datetime.date.today().isoformat(),
-        "device": jax.devices()[0].device_kind,
+        "device": jax.local_devices()[0].device_kind,
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         **record,
@@ -97,6 +106,43 @@ def emit(record: dict, out) -> None:
     if out is not None:
         out.write(line + "\n")
         out.flush()
+
+
+def local_value(x: jax.Array) -> np.ndarray:
+    """This process's copy of a replicated array (also when other processes hold the rest)."""
+    return np.asarray(x.addressable_data(0))
+
+
+def launch_processes(argv: list[str], n: int, timeout_s: float) -> None:
+    """Runs this script once per GPU (``--process-id i``), joined on a localhost coordinator.
+
+    Each child sees one GPU (``CUDA_VISIBLE_DEVICES``), or one CPU device when
+    ``JAX_PLATFORMS=cpu``. Raises if a child fails or outlives ``timeout_s``.
+    """
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for i in range(n):
+        env = dict(os.environ)
+        if env.get("JAX_PLATFORMS") == "cpu":
+            env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        cmd = [sys.executable, os.path.abspath(__file__), *argv]
+        cmd += ["--process-id", str(i), "--port", str(port)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        deadline = time.monotonic() + timeout_s
+        for i, proc in enumerate(procs):
+            code = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+            if code != 0:
+                raise RuntimeError(f"suite.py: process {i} of {n} exited with status {code}.")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def build_forward(config, dtype_name: str, batch: int):
@@ -159,7 +205,7 @@ def peak_tflops(args, dtype_name: str) -> float:
 
 def peak_memory_gib() -> float | None:
     """The device allocator's peak bytes in use so far (None where not reported)."""
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     return None if peak is None else peak / 2**30
 
@@ -167,7 +213,8 @@ def peak_memory_gib() -> float | None:
 def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, devices: int = 1):
     """(train step, replicated state, sharded synthetic batch) for one network and dtype.
 
-    ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices.
+    ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices
+    (of all processes); this process makes only its own devices' rows.
     """
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
@@ -189,9 +236,13 @@ def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, device
     params = jax.tree.map(jnp.copy, variables["params"])
     state = step.replicate(sd.TrainState.create(params, optimizer, 0))
     n = n_jitted_steps
-    global_batch = batch * devices
-    shape = (n, global_batch, size, size, ch) if n > 1 else (global_batch, size, size, ch)
-    images = jax.random.uniform(jax.random.key(2), shape, minval=-1.0, maxval=1.0)
+    mine = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    rows = batch * mine
+    shape = (n, rows, size, size, ch) if n > 1 else (rows, size, size, ch)
+    key = jax.random.key(2)
+    if jax.process_count() > 1:
+        key = jax.random.fold_in(key, jax.process_index())
+    images = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
     return step, state, step.shard_batch({"image": np.asarray(images)})
 
 
@@ -248,7 +299,7 @@ def bench_train(name, config, args, out):
         state, metrics = compiled(state, batch_arr)
         jax.block_until_ready(metrics)
         first_s = time.perf_counter() - t0
-        first_loss = float(np.asarray(metrics["loss"]).ravel()[0])
+        first_loss = float(local_value(metrics["loss"]).ravel()[0])
         # Synchronized: one call at a time (the device idles while the host dispatches).
         times, dispatch = [], []
         for _ in range(args.repeats):
@@ -282,6 +333,7 @@ def bench_train(name, config, args, out):
             "dtype": dtype_name,
             "batch": batch,
             "devices": devices,
+            "processes": jax.process_count(),
             "n_jitted_steps": n,
             "state_layout": args.state_layout,
             "median_s": pipelined,
@@ -300,7 +352,7 @@ def bench_train(name, config, args, out):
             if model_gflop is None
             else model_gflop * 1e9 * img_s / (devices * peak_tflops(args, dtype_name) * 1e12),
             "first_loss": first_loss,
-            "loss": float(np.asarray(metrics["loss"]).ravel()[-1]),
+            "loss": float(local_value(metrics["loss"]).ravel()[-1]),
         }
         emit(rec, out)
         rows.append(rec)
@@ -445,6 +497,16 @@ def main(argv=None) -> None:
         help="train: row-major state, or device layouts chosen by XLA (an experiment; the "
         "compile time then covers two compilations)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="train: one process per GPU, this many, joined on localhost (the train bench "
+        "then runs over all their devices; --devices is ignored)",
+    )
+    p.add_argument("--process-timeout", type=float, default=1800.0, help="seconds, per run")
+    p.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--pc-batch", type=int, default=None)
     p.add_argument("--pc-steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
@@ -461,10 +523,22 @@ def main(argv=None) -> None:
     p.add_argument("--pc-repeats", type=int, default=1)
     p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE sampler rtol = atol")
     args = p.parse_args(argv)
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1 and args.process_id is None:
+        if args.benches != "train":
+            p.error(f"--processes > 1 runs the train bench only; got --benches {args.benches}")
+        argv = sys.argv[1:] if argv is None else list(argv)
+        launch_processes(argv, args.processes, args.process_timeout)
+        return
+    if args.process_id is not None:
+        sd.initialize_distributed(f"localhost:{args.port}", args.processes, args.process_id)
     smoke = args.smoke
     args.batches = [int(b) for b in (args.batches or ("2" if smoke else "128,512")).split(",")]
     args.train_batch = args.train_batch or (2 if smoke else 128)
     args.devices = [int(d) for d in args.devices.split(",")]
+    if args.process_id is not None:
+        args.devices = [jax.device_count()]
     args.pc_batch = args.pc_batch or (2 if smoke else 128)
     args.pc_steps = args.pc_steps or (5 if smoke else 1000)
     args.repeats = args.repeats or (2 if smoke else 10)
@@ -484,6 +558,8 @@ def main(argv=None) -> None:
                 "likelihood": bench_likelihood,
             }[bench]
             rows += fn(name, config, args, out)
+    if jax.process_index() != 0:
+        return
     print("\n| bench | model | dtype | batch | median s | rate |")
     print("|---|---|---|---|---|---|")
     for r in rows:
