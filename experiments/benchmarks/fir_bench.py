@@ -5,9 +5,7 @@ decimation). The depthwise form is one ``lax.conv_general_dilated`` with
 ``feature_group_count=C``; the shipped form (``taps``) sums strided slices, which XLA fuses
 into one elementwise kernel: 16 slices when downsampling, and when upsampling 4 per output
 phase (the phases then interleaved by a reshape). ``zero_insert_taps`` is the upsampling the
-phases replaced: 16 slices of the zero-inserted image, 12 of them on inserted zeros;
-``slices_autodiff`` is downsampling with autodiff's gradient (the transposed slices: the same
-16-tap zero-inserted sum), where ``taps`` has a polyphase upsampling as its gradient. Shapes
+phases replaced: 16 slices of the zero-inserted image, 12 of them on inserted zeros. Shapes
 are NCSN++'s on CIFAR-10 (batch 128): each resolution's widest down- and upsampling. Forward
 and forward+backward, median milliseconds, the max difference from ``taps``, and the
 bytes-moved floor (input read once, output written once) at ``--bandwidth`` GB/s.
@@ -51,9 +49,8 @@ def upfirdn2d_depthwise(x, kernel, up=1, down=1, pad=(0, 0)):
     )
 
 
-def upfirdn2d_direct(x, kernel, up=1, down=1, pad=(0, 0)):
-    """The tap sum over the zero-inserted image, differentiated by autodiff (the form before
-    the phases: upsampling's forward and downsampling's gradient summed all 16 taps)."""
+def upfirdn2d_zero_insert(x, kernel, up=1, down=1, pad=(0, 0)):
+    """The tap sum over the zero-inserted image (what upsampling ran before the phases)."""
     k = np.asarray(kernel, np.float32)
     p0, p1 = (pad, pad) if isinstance(pad, int) else pad
     ho = (x.shape[1] * up + p0 + p1 - k.shape[0]) // down + 1
@@ -94,12 +91,9 @@ def main(argv=None) -> None:
         else:
             k, kw = kernel * 4, {"up": 2, "pad": (2, 1)}
         outs = {}
-        before = "zero_insert_taps" if mode == "up" else "slices_autodiff"
-        impls = [
-            ("taps", fir.upfirdn2d),
-            (before, upfirdn2d_direct),
-            ("depthwise", upfirdn2d_depthwise),
-        ]
+        impls = [("taps", fir.upfirdn2d), ("depthwise", upfirdn2d_depthwise)]
+        if mode == "up":
+            impls.insert(1, ("zero_insert_taps", upfirdn2d_zero_insert))
         for impl_name, impl in impls:
             fwd = jax.jit(lambda x, impl=impl, k=k, kw=kw: impl(x, k, **kw))
             y = fwd(x)

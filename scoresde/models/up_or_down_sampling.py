@@ -11,8 +11,12 @@ NCSN++ (Song et al., 2021) uses for anti-aliased resampling:
 The filter is written as a sum of ``K_h K_w`` strided slices of the zero-inserted, padded
 image, each scaled by one kernel tap. XLA fuses the interior padding, the slices and the sum
 into one elementwise kernel that reads the input once and writes the output once (and the same
-for its transpose in the backward pass). A depthwise ``lax.conv_general_dilated`` computes the
-same thing, but on GPU it runs as a slow grouped convolution (see ``docs/benchmarks.md``).
+for its transpose in the backward pass). Upsampling (``down = 1``) skips the inserted zeros:
+each of the ``up**2`` output phases sums only the taps that land on real pixels (4 of 16 for
+the 4-tap kernel at ``up = 2``), and a reshape interleaves the phases. A depthwise
+``lax.conv_general_dilated`` computes the same thing, but on GPU it runs as a slow grouped
+convolution (see ``docs/benchmarks.md``). Everything is plain ``lax``, so forward-mode
+(``jax.jvp``, used by the likelihood) and reverse-mode differentiation both work.
 
 A 1-D kernel ``k`` of length K becomes the separable 2-D kernel :math:`k k^\top / (\sum k)^2`.
 The default ``(1, 3, 3, 1)`` is the binomial filter of the reference.
@@ -20,7 +24,6 @@ The default ``(1, 3, 3, 1)`` is the binomial filter of the reference.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -115,13 +118,8 @@ def upfirdn2d(
         raise ValueError(
             f"upfirdn2d: the padded image ({hp}x{wp}) is smaller than the kernel ({kh}x{kw})."
         )
-    if isinstance(k, np.ndarray):
-        if up > 1 and down == 1 and ho % up == 0 and wo % up == 0:
-            return _upfirdn2d_polyphase(x, k, up, p0, ho, wo)
-        h, w = x.shape[1:3]
-        if up == 1 and down > 1 and h % down == 0 and w % down == 0 and kh == kw:
-            static = (tuple(map(tuple, k.tolist())), down, p0, p1, ho, wo, h, w)
-            return _downsample_with_polyphase_adjoint(x, *static)
+    if isinstance(k, np.ndarray) and up > 1 and down == 1 and ho % up == 0 and wo % up == 0:
+        return _upfirdn2d_polyphase(x, k, up, p0, ho, wo)
     return _upfirdn2d_direct(x, k, up, down, p0, p1, ho, wo)
 
 
@@ -147,32 +145,6 @@ def _upfirdn2d_direct(x, k, up: int, down: int, p0: int, p1: int, ho: int, wo: i
             term = window * jnp.asarray(tap, x.dtype)
             out = term if out is None else out + term
     return jnp.zeros((b, ho, wo, c), x.dtype) if out is None else out
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6, 7, 8))
-def _downsample_with_polyphase_adjoint(x, k, down, p0, p1, ho, wo, h, w):
-    r"""Downsampling (``up = 1``) whose gradient runs as a polyphase upsampling.
-
-    The adjoint of :math:`y[q] = \sum_a k[K-1-a]\, x[d q + a - p_0]` is
-    :math:`\bar x[j] = \sum_b k[b]\, \tilde y[j + p_0 - K + 1 + b]` with :math:`\tilde y` the
-    zero-inserted :math:`\bar y`: an upsampling by ``d`` with the flipped kernel and
-    :math:`K - 1 - p_0` leading zeros. Left to autodiff, the transposed strided slices would
-    sum all :math:`K^2` taps of the zero-inserted gradient instead of :math:`(K/d)^2`.
-    ``k`` is the kernel as a tuple of rows (hashable, static).
-    """
-    return _upfirdn2d_direct(x, np.asarray(k, np.float32), 1, down, p0, p1, ho, wo)
-
-
-def _downsample_fwd(x, k, down, p0, p1, ho, wo, h, w):
-    return _downsample_with_polyphase_adjoint(x, k, down, p0, p1, ho, wo, h, w), None
-
-
-def _downsample_bwd(k, down, p0, p1, ho, wo, h, w, _, g):
-    flipped = np.asarray(k, np.float32)[::-1, ::-1]
-    return (_upfirdn2d_polyphase(g, flipped, down, flipped.shape[0] - 1 - p0, h, w),)
-
-
-_downsample_with_polyphase_adjoint.defvjp(_downsample_fwd, _downsample_bwd)
 
 
 def _phase_taps(size: int, up: int, p0: int) -> list[list[tuple[int, int]]]:
