@@ -218,6 +218,22 @@ def test_switches_run_under_jit(np_rng, name):
     assert float(jnp.std(out)) > 1e-2  # O(1) weights give an O(1), non-constant output
 
 
+def test_forward_and_reverse_mode_agree_through_the_fir_network(np_rng):
+    r"""The likelihood takes ``jax.jvp`` of the network, training ``jax.vjp``: both must work
+    through NCSN++'s FIR resampling, and agree: :math:`\langle g, J t\rangle = \langle J^\top
+    g, t\rangle` (float32 sums of ~600 O(1) products: relative 1e-4)."""
+    model = small_model(**SWITCHES["ncsnpp_cifar10"])
+    x, t = (jnp.asarray(np_rng.standard_normal((2, 8, 8, 3)), jnp.float32) for _ in range(2))
+    labels = labels_for(model, 2)
+    variables = random_variables(model, x, labels, np_rng)
+    f = jax.jit(lambda v: model.apply(variables, v, labels))
+    _, jt = jax.jit(lambda v, u: jax.jvp(f, (v,), (u,)))(x, t)
+    g = jnp.asarray(np_rng.standard_normal(x.shape), jnp.float32)
+    (jg,) = jax.jit(lambda v, w: jax.vjp(f, v)[1](w))(x, g)
+    lhs, rhs = float(jnp.vdot(g, jt)), float(jnp.vdot(jg, t))
+    assert abs(lhs - rhs) <= 1e-4 * max(abs(lhs), abs(rhs), 1.0), (lhs, rhs)
+
+
 def test_init_scale_zero_makes_final_layers_tiny():
     # A tiny model and an RBG key: the init's compile time is dominated by the PRNG.
     key = jax.random.key(0, impl="unsafe_rbg")
