@@ -84,7 +84,7 @@ def test_fir_bench_smoke_implementations_agree(capsys):
     fir_bench.main(["--smoke"])
     rows = _table_rows(capsys.readouterr().out)[1:]  # skip the header
     assert {r[2] for r in rows} == {"taps", "zero_insert_taps", "depthwise"}
-    # both compute the same filter in float32: differences are summation-order rounding
+    # all compute the same filter in float32: differences are summation-order rounding
     assert max(float(r[-1]) for r in rows) < 1e-5
 
 
@@ -176,3 +176,7 @@ def test_suite_one_process_per_device(tmp_path, monkeypatch):
     assert rec["img_per_s"] == pytest.approx(rec["batch"] * rec["n_jitted_steps"] / rec["median_s"])
     with pytest.raises(SystemExit):  # only the train bench runs across processes
         suite.main([*argv[:5], "train,pc", "--processes", "2"])
+    with pytest.raises(RuntimeError, match="exited with"):  # a failing child is reported
+        suite.main(
+            ["--smoke", "--models", "no_such_model", "--benches", "train", "--processes", "2"]
+        )

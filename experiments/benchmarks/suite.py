@@ -116,28 +116,41 @@ def local_value(x: jax.Array) -> np.ndarray:
 def launch_processes(argv: list[str], n: int, timeout_s: float) -> None:
     """Runs this script once per GPU (``--process-id i``), joined on a localhost coordinator.
 
-    Each child sees one GPU (``CUDA_VISIBLE_DEVICES``), or one CPU device when
-    ``JAX_PLATFORMS=cpu``. Raises if a child fails or outlives ``timeout_s``.
+    Child ``i`` sees the ``i``-th visible GPU (``CUDA_VISIBLE_DEVICES``), or one CPU device
+    when ``JAX_PLATFORMS=cpu``. If a child fails, the others are stopped (they would wait in
+    a collective forever); raises then, or when the children outlive ``timeout_s``.
     """
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(n)]
+    if len(gpus) < n:
+        raise ValueError(f"suite.py: --processes {n} but CUDA_VISIBLE_DEVICES={visible!r}.")
     procs = []
     for i in range(n):
         env = dict(os.environ)
         if env.get("JAX_PLATFORMS") == "cpu":
             env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
         else:
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
         cmd = [sys.executable, os.path.abspath(__file__), *argv]
         cmd += ["--process-id", str(i), "--port", str(port)]
         procs.append(subprocess.Popen(cmd, env=env))
     try:
         deadline = time.monotonic() + timeout_s
-        for i, proc in enumerate(procs):
-            code = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
-            if code != 0:
-                raise RuntimeError(f"suite.py: process {i} of {n} exited with status {code}.")
+        while any(proc.poll() is None for proc in procs):
+            failed = [i for i, proc in enumerate(procs) if proc.poll() not in (None, 0)]
+            if failed:
+                code = procs[failed[0]].returncode
+                raise RuntimeError(f"suite.py: process {failed[0]} of {n} exited with {code}.")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"suite.py: the {n} processes ran past {timeout_s} s.")
+            time.sleep(0.5)
+        failed = [i for i, proc in enumerate(procs) if proc.returncode != 0]
+        if failed:
+            code = procs[failed[0]].returncode
+            raise RuntimeError(f"suite.py: process {failed[0]} of {n} exited with {code}.")
     finally:
         for proc in procs:
             if proc.poll() is None:
