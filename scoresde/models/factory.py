@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 from flax import linen as nn
 
 #: The model names :func:`from_config` accepts (``config.model.name``). A family added here
@@ -62,13 +63,39 @@ def _as_int_tuple(value: Any, dotted: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+#: Compute dtypes ``model.dtype`` may name (parameters stay float32 either way).
+_COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _compute_dtype(config: Any, supported: bool = True) -> Any:
+    """The compute dtype of ``model.dtype`` (an extension of the reference's configs).
+
+    Absent means float32. ``"bfloat16"`` runs convolutions, matrix products and activations in
+    bfloat16 with float32 parameters (and float32 GroupNorm statistics); ``supported=False``
+    (families without a ``dtype`` field) accepts only float32.
+
+    Example:
+      >>> _compute_dtype({"model": {"dtype": "bfloat16"}})
+      dtype(bfloat16)
+    """
+    name = config_field(config, "model.dtype", "float32")
+    allowed = _COMPUTE_DTYPES if supported else ("float32",)
+    if name not in allowed:
+        family = config_field(config, "model.name", "?")
+        raise ValueError(
+            f"config: model.dtype must be one of {allowed} for model.name={family!r}, got {name!r}."
+        )
+    return jnp.dtype(name)
+
+
 def ncsnpp_from_config(config: Any) -> nn.Module:
     """Builds :class:`~scoresde.models.ncsnpp.NCSNpp` (NCSN++ / DDPM++) from ``config.model``.
 
     Reads ``model.{nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
     conditional, fir, fir_kernel, skip_rescale, resblock_type, progressive, progressive_input,
     progressive_combine, embedding_type, fourier_scale, init_scale, scale_by_sigma,
-    nonlinearity, sigma_min, sigma_max, num_scales}`` and ``data.centered``.
+    nonlinearity, sigma_min, sigma_max, num_scales}``, ``data.centered``, and the optional
+    ``model.dtype`` (``"float32"``, the default, or ``"bfloat16"`` compute).
 
     Example:
       >>> cfg = {"model": {"name": "ncsnpp", "nf": 16, "ch_mult": [1, 2],
@@ -119,7 +146,7 @@ def ncsnpp_from_config(config: Any) -> nn.Module:
         kwargs[name] = int(kwargs[name])
     for name in ("dropout", "fourier_scale", "init_scale", "sigma_min", "sigma_max"):
         kwargs[name] = float(kwargs[name])
-    return NCSNpp(**kwargs)
+    return NCSNpp(**kwargs, dtype=_compute_dtype(config))
 
 
 def from_config(config: Any) -> nn.Module:
@@ -132,6 +159,11 @@ def from_config(config: Any) -> nn.Module:
     Returns:
       A ``flax.linen`` module, applied as ``model.apply(variables, x, labels, train=...)``
       with NHWC ``x``.
+
+    Beyond the reference's fields, ``model.dtype`` (NCSN++/DDPM++ and DDPM only) selects the
+    compute dtype: ``"float32"`` (the default) or ``"bfloat16"`` (convolutions, matrix
+    products and activations in bfloat16; parameters, GroupNorm statistics and the output in
+    float32), e.g. ``--config.model.dtype=bfloat16`` on the command line.
 
     Example:
       >>> import scoresde as sd
@@ -146,6 +178,7 @@ def from_config(config: Any) -> nn.Module:
             f"from_config: config must be a ConfigDict or a nested dict, got {type(config)}."
         )
     name = config_field(config, "model.name")
+    _compute_dtype(config, supported=name in ("ncsnpp", "ddpm"))
     if name == "ncsnpp":
         return ncsnpp_from_config(config)
     elif name == "ddpm":
@@ -163,8 +196,9 @@ def ddpm_from_config(config: Any) -> nn.Module:
     """Builds :class:`~scoresde.models.ddpm.DDPM` (Ho et al.'s U-Net) from ``config.model``.
 
     Reads ``model.{nf, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-    nonlinearity, scale_by_sigma, sigma_min, sigma_max, num_scales}`` and ``data.centered``.
-    As in the reference, the network is always conditioned on the time label
+    nonlinearity, scale_by_sigma, sigma_min, sigma_max, num_scales}``, ``data.centered`` and
+    the optional ``model.dtype`` (``"float32"``, the default, or ``"bfloat16"`` compute). As
+    in the reference, the network is always conditioned on the time label
     (``model.conditional`` is not read).
 
     Example:
@@ -194,6 +228,7 @@ def ddpm_from_config(config: Any) -> nn.Module:
         sigma_min=float(f("sigma_min")),
         sigma_max=float(f("sigma_max")),
         num_scales=int(f("num_scales")),
+        dtype=_compute_dtype(config),
     )
 
 
