@@ -272,6 +272,12 @@ class VPSDE(SDE):
         ``t_next`` is not used: the step size is DDPM's :math:`\beta_i` at ``i = floor(t(N-1))``.
         """
         del t_next
+        if is_concrete_number(self.beta_max) and float(self.beta_max) / self.N >= 1.0:
+            raise ValueError(
+                f"VPSDE.ancestral_step: DDPM's discrete betas reach beta_max / N = "
+                f"{float(self.beta_max)}/{self.N} >= 1, where the step divides by "
+                f"sqrt(1 - beta) <= 0; use N > beta_max (e.g. N={int(self.beta_max) + 1} or more)."
+            )
         beta = batch_broadcast(self.discrete_betas[_discrete_index(t, self.N)], x).astype(x.dtype)
         x_mean = (x + beta * score) / jnp.sqrt(1.0 - beta)
         return x_mean + jnp.sqrt(beta) * noise, x_mean

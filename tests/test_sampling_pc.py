@@ -123,7 +123,7 @@ def test_pc_all_combinations(key, name, predictor, corrector, dim):
     ],
 )
 def test_nfe_equals_counted_score_calls(key, predictor, corrector, n_corr, denoise):
-    sde = sd.VPSDE(N=12)
+    sde = sd.VPSDE(beta_max=10.0, N=12)  # ancestral steps need beta_max / N < 1
     counter = ScoreCallCounter(isotropic_score_fn(mixture_2d(), sde))
     _, nfe = sd.sample_pc(
         key,
@@ -246,3 +246,13 @@ def test_per_sample_langevin_high_dimension(key):
     sde = sdes(N_GRID)["ve"]
     x, _ = sd.sample_pc(key, sde, isotropic_score_fn(gm, sde), (1000, d))
     check_mixture(x, gm, sde, True)
+
+
+def test_ancestral_step_refuses_betas_that_reach_one():
+    """VP with ``N <= beta_max``: DDPM's last discrete beta is beta_max / N >= 1, and the
+    ancestral step would divide by sqrt(1 - beta) = 0 (inf samples); a clear error instead."""
+    x, t = jnp.ones((1, 2)), jnp.ones((1,))
+    with pytest.raises(ValueError, match=r"beta_max / N = 20.0/20 >= 1.*N=21"):
+        sd.VPSDE(0.1, 20.0, 20).ancestral_step(x, t, t, jnp.zeros_like(x), jnp.zeros_like(x))
+    x_next, _ = sd.VPSDE(0.1, 20.0, 21).ancestral_step(x, t, t, jnp.zeros_like(x), x)
+    assert np.all(np.isfinite(np.asarray(x_next)))

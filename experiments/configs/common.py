@@ -157,8 +157,8 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Keeps every field and the model family; sets 16 x 16 images (8 x 8 digits), ``nf = 16``
     (32 for DDPM, whose GroupNorm has 32 groups, and the MLP),
     one residual block per level, at most three resolution levels with attention at 8 x 8,
-    batch 4, a few training steps, checkpoints every 2 steps, 20 noise scales and at most 2
-    corrector steps.
+    batch 4, a few training steps, checkpoints every 2 steps, 20 noise scales (VP and sub-VP:
+    just over ``beta_max``, 21 for the reference's 20) and at most 2 corrector steps.
     """
     training, evaluate, data, model = config.training, config.eval, config.data, config.model
     training.batch_size = SMOKE_BATCH_SIZE
@@ -179,6 +179,10 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # DDPM's GroupNorm has 32 groups, so its width must be a multiple of 32.
     model.nf = min(model.nf, 32 if model.name in ("ddpm", "mlp") else SMOKE_NF)
     model.num_scales = min(model.num_scales, SMOKE_NUM_SCALES)
+    if training.sde.lower() in ("vpsde", "subvpsde"):
+        # DDPM's discrete betas end at beta_max / N, which must stay below 1 (at 1 the
+        # ancestral step divides by sqrt(1 - beta) = 0).
+        model.num_scales = max(model.num_scales, int(model.beta_max) + 1)
     if "num_res_blocks" in model:
         model.num_res_blocks = 1
     if "ch_mult" in model:
