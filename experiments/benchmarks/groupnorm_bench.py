@@ -9,25 +9,40 @@ bandwidth: XLA turns the group statistics into a column reduction of ``(B, HW, C
 - ``channel_sums``: per-channel sums of ``x`` and ``x^2`` over ``(H, W)``, summed per group on
   the small ``(B, C)`` arrays, then one fused scale-and-shift;
 - ``two_stage``: the same, reducing ``H`` first and ``W`` second (more parallel first pass);
-- ``dot``: the per-channel sums as a matrix-vector product with a vector of ones.
+- ``dot``: the per-channel sums as a matrix-vector product with a vector of ones;
+- ``kernel``: :func:`scoresde.models.group_norm.group_norm`, the fused Pallas kernel (its
+  gradient the backward kernel, ``train=True``); in ``--smoke`` runs on a CPU, the kernel in
+  Pallas' interpreter;
+- ``kernel_jvp``: the same forward kernel with ``train=False`` (its gradient XLA's transpose
+  of the ``jax.numpy`` tangent).
 
-Each row: median ms, the bytes floor (read ``x`` once, write ``y`` once) at ``--bandwidth``,
-and the max difference from ``flax``.
+Each row: median ms of the forward and of forward+backward, the bytes floors (forward: read
+``x``, write ``y``; forward+backward adds reading ``x`` and the cotangent and writing
+``dx``) at ``--bandwidth``, and the max differences from ``flax`` of ``y`` and of ``dx``
+(relative to the largest ``|dx|``).
+
+``--sweep`` times the kernel's tilings instead (channel block x rows per chunk x warps) at
+each shape, checking each against ``flax``.
 
 GPU run::
 
     PYTHONPATH=. python experiments/benchmarks/groupnorm_bench.py
+    PYTHONPATH=. python experiments/benchmarks/groupnorm_bench.py --sweep --dtypes bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from fir_bench import median_ms
 from flax import linen as nn
+
+from scoresde.models.group_norm import group_norm, kernel_blocks
 
 EPS = 1e-6
 
@@ -74,7 +89,94 @@ def flax_gn(x, gamma, beta, groups):
     return jax.nn.silu(y)
 
 
-VARIANTS = {"flax": flax_gn, "channel_sums": channel_sums, "two_stage": two_stage, "dot": dot}
+def kernel(x, gamma, beta, groups, train=True, interpret=False, **tiling):
+    return group_norm(
+        x,
+        gamma,
+        beta,
+        num_groups=groups,
+        epsilon=EPS,
+        silu=True,
+        dtype=x.dtype,
+        train=train,
+        impl="pallas",
+        interpret=interpret,
+        **tiling,
+    )
+
+
+VARIANTS = {
+    "flax": flax_gn,
+    "channel_sums": channel_sums,
+    "two_stage": two_stage,
+    "dot": dot,
+    "kernel": kernel,
+    "kernel_jvp": functools.partial(kernel, train=False),
+}
+
+
+def _inputs(batch, size, ch, dtype):
+    key = jax.random.split(jax.random.key(size * ch), 4)
+    x = (2.0 + jax.random.normal(key[0], (batch, size, size, ch))).astype(dtype)
+    gamma = 1.0 + 0.1 * jax.random.normal(key[1], (ch,))
+    beta = 0.1 * jax.random.normal(key[2], (ch,))
+    g = jax.random.normal(key[3], x.shape, dtype)
+    return x, gamma, beta, g
+
+
+def _compiled(f, groups):
+    fwd = jax.jit(lambda x, ga, be: f(x, ga, be, groups))
+
+    def loss(x, ga, be, g):
+        return jnp.sum(f(x, ga, be, groups).astype(jnp.float32) * g.astype(jnp.float32))
+
+    return fwd, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def _errors(fwd, bwd, ref, args):
+    """(max |y - y_ref|, max |dx - dx_ref| / max |dx_ref|) against the flax variant."""
+    y = np.asarray(fwd(*args[:3]), np.float32)
+    dx = np.asarray(bwd(*args)[0], np.float32)
+    y_err = float(np.max(np.abs(y - ref[0])))
+    dx_err = float(np.max(np.abs(dx - ref[1])) / max(np.max(np.abs(ref[1])), 1e-30))
+    return y_err, dx_err
+
+
+def sweep(args, shapes) -> None:
+    """Times the kernel's tilings at each shape (the choice of its defaults)."""
+    print(
+        "| dtype | input | channel block | rows | warps | fwd ms | fwd+bwd ms | y diff | dx diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for dtype_name in args.dtypes.split(","):
+        dtype = jnp.dtype(dtype_name)
+        for size, ch in shapes:
+            groups = min(ch // 4, 32)
+            call = _inputs(args.batch, size, ch, dtype)
+            ref_fwd, ref_bwd = _compiled(flax_gn, groups)
+            ref = (np.asarray(ref_fwd(*call[:3]), np.float32), np.asarray(ref_bwd(*call)[0]))
+            seen = set()
+            for cb, tile, warps in itertools.product((16, 32, 64, 128), (2048, 8192), (4, 8)):
+                blocks = kernel_blocks(call[0].shape, groups, dtype.itemsize, tile, cb)
+                if blocks is None or (blocks, warps) in seen:
+                    continue
+                seen.add((blocks, warps))
+                f = functools.partial(
+                    kernel,
+                    interpret=args.smoke,
+                    tile_elements=tile,
+                    channel_block=cb,
+                    num_warps=warps,
+                )
+                fwd, bwd = _compiled(f, groups)
+                y_err, dx_err = _errors(fwd, bwd, ref, call)
+                t_f = median_ms(fwd, *call[:3], repeats=args.repeats)
+                t_b = median_ms(bwd, *call, repeats=args.repeats)
+                print(
+                    f"| {dtype_name} | {tuple(call[0].shape)} | {blocks[0]} | {blocks[1]} | "
+                    f"{warps} | {t_f:.3f} | {t_b:.3f} | {y_err:.1e} | {dx_err:.1e} |",
+                    flush=True,
+                )
 
 
 def main(argv=None):
@@ -85,37 +187,39 @@ def main(argv=None):
     p.add_argument("--bandwidth", type=float, default=3000.0)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="time the kernel's tilings")
     args = p.parse_args(argv)
-    shapes = [(32, 128), (32, 256), (16, 256), (8, 256)]
+    shapes = [(32, 128), (32, 256), (16, 256), (8, 256), (4, 256)]
     if args.smoke:
         shapes, args.batch, args.repeats = [(8, 16)], 2, 3
-    print("| dtype | input | variant | fwd ms | fwd+bwd ms | floor fwd ms | max diff |")
-    print("|---|---|---|---|---|---|---|")
+    if args.sweep:
+        sweep(args, shapes[:3] if not args.smoke else shapes)
+        return
+    print(
+        "| dtype | input | variant | fwd ms | fwd+bwd ms | floor fwd ms | floor fwd+bwd ms "
+        "| y diff | dx diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for dtype_name in args.dtypes.split(","):
         dtype = jnp.dtype(dtype_name)
         for size, ch in shapes:
             groups = min(ch // 4, 32)
-            key = jax.random.key(size * ch)
-            x = (2.0 + jax.random.normal(key, (args.batch, size, size, ch))).astype(dtype)
-            gamma = 1.0 + 0.1 * jax.random.normal(jax.random.key(1), (ch,))
-            beta = 0.1 * jax.random.normal(jax.random.key(2), (ch,))
-            g = jax.random.normal(jax.random.key(3), x.shape, dtype)
+            call = _inputs(args.batch, size, ch, dtype)
             ref = None
             for name in args.variants.split(","):
                 f = VARIANTS[name]
-                fwd = jax.jit(lambda x, ga, be, f=f, groups=groups: f(x, ga, be, groups))
-                loss = lambda x, ga, be, g, f=f, groups=groups: jnp.sum(  # noqa: E731
-                    f(x, ga, be, groups).astype(jnp.float32) * g
-                )
-                bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-                y = np.asarray(fwd(x, gamma, beta), np.float32)
-                ref = y if ref is None else ref
-                t_f = median_ms(fwd, x, gamma, beta, repeats=args.repeats)
-                t_b = median_ms(bwd, x, gamma, beta, g, repeats=args.repeats)
-                floor = 2 * x.size * dtype.itemsize / (args.bandwidth * 1e9) * 1e3
+                if args.smoke and name.startswith("kernel"):
+                    f = functools.partial(f, interpret=True)
+                fwd, bwd = _compiled(f, groups)
+                if ref is None:
+                    ref = (np.asarray(fwd(*call[:3]), np.float32), np.asarray(bwd(*call)[0]))
+                y_err, dx_err = _errors(fwd, bwd, ref, call)
+                t_f = median_ms(fwd, *call[:3], repeats=args.repeats)
+                t_b = median_ms(bwd, *call, repeats=args.repeats)
+                tensor_ms = call[0].size * dtype.itemsize / (args.bandwidth * 1e9) * 1e3
                 print(
-                    f"| {dtype_name} | {tuple(x.shape)} | {name} | {t_f:.3f} | {t_b:.3f} | "
-                    f"{floor:.3f} | {np.max(np.abs(y - ref)):.1e} |",
+                    f"| {dtype_name} | {tuple(call[0].shape)} | {name} | {t_f:.3f} | {t_b:.3f} | "
+                    f"{2 * tensor_ms:.3f} | {5 * tensor_ms:.3f} | {y_err:.1e} | {dx_err:.1e} |",
                     flush=True,
                 )
 

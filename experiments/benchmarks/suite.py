@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import json
 import os
@@ -158,12 +159,22 @@ def launch_processes(argv: list[str], n: int, timeout_s: float) -> None:
                 proc.wait()
 
 
-def build_forward(config, dtype_name: str, batch: int):
+def network_variant(base, dtype_name: str, group_norm_impl: str):
+    """The network with a compute dtype and GroupNorm implementation (where it has them)."""
+    fields = {}
+    if hasattr(base, "dtype"):
+        fields["dtype"] = jnp.dtype(dtype_name)
+    if hasattr(base, "group_norm_impl"):
+        fields["group_norm_impl"] = group_norm_impl
+    return base.clone(**fields)
+
+
+def build_forward(config, dtype_name: str, batch: int, group_norm_impl: str = "auto", init="jit"):
     """(jitted score function, its arguments) for one network, compute dtype and batch."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    base, variables = init_network(config)
-    model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
+    base, variables = init_network(config, init)
+    model = network_variant(base, dtype_name, group_norm_impl)
     x = jax.random.normal(jax.random.key(1), (batch, size, size, ch))
     t = jnp.linspace(0.1, 1.0, batch)
 
@@ -175,27 +186,36 @@ def build_forward(config, dtype_name: str, batch: int):
 
 def bench_forward(name, config, args, out):
     rows = []
-    for dtype_name in args.dtypes.split(","):
-        for batch in args.batches:
-            jf, call_args = build_forward(config, dtype_name, batch)
-            t0 = time.perf_counter()
-            compiled = jf.lower(*call_args).compile()
-            compile_s = time.perf_counter() - t0
-            mem = compiled.memory_analysis()
-            temp_gib = None if mem is None else mem.temp_size_in_bytes / 2**30
-            first, med = timed(compiled, *call_args, repeats=args.repeats)
-            rec = {
-                "bench": "forward",
-                "model": name,
-                "dtype": dtype_name,
-                "batch": batch,
-                "median_s": med,
-                "img_nfe_per_s": batch / med,
-                "compile_s": compile_s,
-                "xla_temp_gib": temp_gib,
-            }
-            emit(rec, out)
-            rows.append(rec)
+    first_outputs = {}  # (dtype, batch) -> output of the first GroupNorm implementation
+    for dtype_name, gn, batch in itertools.product(
+        args.dtypes.split(","), args.group_norm_impls.split(","), args.batches
+    ):
+        jf, call_args = build_forward(config, dtype_name, batch, gn, args.init)
+        t0 = time.perf_counter()
+        compiled = jf.lower(*call_args).compile()
+        compile_s = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        temp_gib = None if mem is None else mem.temp_size_in_bytes / 2**30
+        first, med = timed(compiled, *call_args, repeats=args.repeats)
+        y = np.asarray(compiled(*call_args), np.float32)
+        y0 = first_outputs.setdefault((dtype_name, batch), y)
+        rel_diff = float(np.linalg.norm(y - y0) / max(np.linalg.norm(y0), 1e-30))
+        rec = {
+            "bench": "forward",
+            "model": name,
+            "dtype": dtype_name,
+            "group_norm_impl": gn,
+            "init": args.init,
+            "batch": batch,
+            "median_s": med,
+            "img_nfe_per_s": batch / med,
+            "compile_s": compile_s,
+            "xla_temp_gib": temp_gib,
+            "finite": bool(np.isfinite(y).all()),
+            "rel_diff_vs_first_impl": rel_diff,
+        }
+        emit(rec, out)
+        rows.append(rec)
     return rows
 
 
@@ -223,7 +243,15 @@ def peak_memory_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, devices: int = 1):
+def build_train(
+    config,
+    dtype_name: str,
+    batch: int,
+    n_jitted_steps: int,
+    devices: int = 1,
+    group_norm_impl: str = "auto",
+    init: str = "jit",
+):
     """(train step, replicated state, sharded synthetic batch) for one network and dtype.
 
     ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices
@@ -231,8 +259,8 @@ def build_train(config, dtype_name: str, batch: int, n_jitted_steps: int, device
     """
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    base, variables = init_network(config)
-    model = base.clone(dtype=jnp.dtype(dtype_name)) if hasattr(base, "dtype") else base
+    base, variables = init_network(config, init)
+    model = network_variant(base, dtype_name, group_norm_impl)
     loss_fn = sd.losses.get_model_loss_fn(
         sde,
         model,
@@ -293,9 +321,13 @@ def compile_with_auto_state_layout(step, state, batch):
 def bench_train(name, config, args, out):
     n = args.n_jitted_steps or int(config.training.n_jitted_steps)
     rows = []
-    for dtype_name, devices in itertools.product(args.dtypes.split(","), args.devices):
+    for dtype_name, gn, devices in itertools.product(
+        args.dtypes.split(","), args.group_norm_impls.split(","), args.devices
+    ):
         batch = args.train_batch * devices
-        step, state, batch_arr = build_train(config, dtype_name, args.train_batch, n, devices)
+        step, state, batch_arr = build_train(
+            config, dtype_name, args.train_batch, n, devices, gn, args.init
+        )
         t0 = time.perf_counter()
         if args.state_layout == "auto":
             compiled, state = compile_with_auto_state_layout(step, state, batch_arr)
@@ -344,6 +376,8 @@ def bench_train(name, config, args, out):
             "bench": "train",
             "model": name,
             "dtype": dtype_name,
+            "group_norm_impl": gn,
+            "init": args.init,
             "batch": batch,
             "devices": devices,
             "processes": jax.process_count(),
@@ -376,19 +410,52 @@ def bench_train(name, config, args, out):
 _INITIALIZED: dict[str, tuple] = {}
 
 
-def init_network(config):
-    """(network, randomly initialized variables) of a config, initialized once under jit.
+def numpy_init(abstract, fourier_scale: float, seed: int = 0):
+    """Random variables shaped like ``abstract``, drawn on the host.
 
-    Memoized per config within the process: compiling ``model.init`` of a full-size network
-    takes about a minute on the GPU machine, and every bench of a model uses the same weights.
+    Kernels (2-D and up) get the fan-average uniform variance scaling of the configs'
+    ``init_scale = 1``, GroupNorm scales 1, biases 0, other 1-D leaves (the Fourier
+    frequencies) ``N(0, fourier_scale^2)``. The same distributions as ``model.init`` up to
+    the per-layer ``init_scale``, without compiling it (about a minute per full-size network
+    on the GPU machine); timings do not depend on the weights' exact values.
     """
-    key = config.to_json()
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, a):
+        last = str(getattr(path[-1], "key", path[-1]))
+        if a.ndim >= 2:
+            receptive = int(np.prod(a.shape[:-2]))
+            fan_avg = receptive * (a.shape[-2] + a.shape[-1]) / 2
+            limit = np.sqrt(3.0 / fan_avg)
+            return jnp.asarray(rng.uniform(-limit, limit, a.shape).astype(a.dtype))
+        if last == "scale":
+            return jnp.ones(a.shape, a.dtype)
+        if last in ("bias", "b"):
+            return jnp.zeros(a.shape, a.dtype)
+        return jnp.asarray((fourier_scale * rng.standard_normal(a.shape)).astype(a.dtype))
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
+def init_network(config, init: str = "jit"):
+    """(network, randomly initialized variables) of a config.
+
+    ``init="jit"``: ``model.init`` under jit; ``"numpy"``: :func:`numpy_init` on the host.
+    Memoized per config and method within the process: compiling ``model.init`` of a
+    full-size network takes about a minute on the GPU machine, and every bench of a model
+    uses the same weights.
+    """
+    key = (config.to_json(), init)
     if key not in _INITIALIZED:
         size, ch = int(config.data.image_size), int(config.data.num_channels)
         model = sd.models.from_config(config)
-        variables = jax.jit(model.init, static_argnames="train")(
-            jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)), train=False
-        )
+        init_args = (jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones((1,)))
+        if init == "numpy":
+            abstract = jax.eval_shape(functools.partial(model.init, train=False), *init_args)
+            scale = float(config.model.get("fourier_scale", 16.0))
+            variables = numpy_init(abstract, scale)
+        else:
+            variables = jax.jit(model.init, static_argnames="train")(*init_args, train=False)
         _INITIALIZED[key] = (model, variables)
     return _INITIALIZED[key]
 
@@ -533,6 +600,19 @@ def main(argv=None) -> None:
         help="model.init_scale override: the configs' 0 makes a random network's score ~0, "
         "and the Langevin step size 1/|score|^2 then overflows",
     )
+    p.add_argument(
+        "--group-norm-impls",
+        default="auto",
+        help="forward, train: comma-separated GroupNorm implementations of the networks "
+        "(auto: the fused kernel on GPUs; xla)",
+    )
+    p.add_argument(
+        "--init",
+        default="jit",
+        choices=("jit", "numpy"),
+        help="forward, train: random weights from model.init (compiled, ~1 min per network on "
+        "the GPU) or drawn on the host (suite.numpy_init)",
+    )
     p.add_argument("--pc-repeats", type=int, default=1)
     p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE sampler rtol = atol")
     args = p.parse_args(argv)
@@ -573,8 +653,8 @@ def main(argv=None) -> None:
             rows += fn(name, config, args, out)
     if jax.process_index() != 0:
         return
-    print("\n| bench | model | dtype | batch | median s | rate |")
-    print("|---|---|---|---|---|---|")
+    print("\n| bench | model | dtype | GroupNorm | batch | median s | rate |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         rate = (
             r.get("img_nfe_per_s")
@@ -583,7 +663,8 @@ def main(argv=None) -> None:
             or r.get("ms_per_nfe")
         )
         print(
-            f"| {r['bench']} | {r['model']} | {r.get('dtype', '')} | {r['batch']} | "
+            f"| {r['bench']} | {r['model']} | {r.get('dtype', '')} | "
+            f"{r.get('group_norm_impl', '')} | {r['batch']} | "
             f"{r['median_s']:.4f} | {rate:.1f} |"
         )
 

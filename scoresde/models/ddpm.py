@@ -19,6 +19,7 @@ from scoresde.models.ddpm_layers import (
     group_norm,
 )
 from scoresde.models.embeddings import get_timestep_embedding
+from scoresde.models.group_norm import IMPLS as GROUP_NORM_IMPLS
 from scoresde.models.layers import conv3x3, dense, get_act
 
 _ALL_MODULES = re.compile(r"all_modules_(\d+)")
@@ -88,6 +89,9 @@ class DDPM(nn.Module):
         :func:`geometric_sigmas` (labels are then integer level indices).
       sigma_min, sigma_max, num_scales: the noise levels used by ``scale_by_sigma``.
       dtype: the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      group_norm_impl: GroupNorm's implementation, ``'auto'`` (a fused GroupNorm + SiLU
+        kernel on CUDA GPUs, XLA elsewhere), ``'xla'`` or ``'pallas'``
+        (:func:`scoresde.models.group_norm.group_norm`).
 
     Call: ``model.apply(variables, x, labels, train=False)`` with ``x: (B, H, W, C)``,
     ``labels: (B,)`` (floats or ints), ``H = W`` divisible by ``2 ** (len(ch_mult) - 1)``;
@@ -120,6 +124,7 @@ class DDPM(nn.Module):
     sigma_max: float = 50.0
     num_scales: int = 1000
     dtype: Any = jnp.float32
+    group_norm_impl: str = "auto"
 
     #: State-dict buffers of the reference that are not parameters here.
     torch_buffers: ClassVar[tuple[str, ...]] = ("sigmas",)
@@ -139,6 +144,11 @@ class DDPM(nn.Module):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DDPM: dropout must be in [0, 1), got {self.dropout}.")
         get_act(self.nonlinearity)
+        if self.group_norm_impl not in GROUP_NORM_IMPLS:
+            raise ValueError(
+                f"DDPM: group_norm_impl must be one of {GROUP_NORM_IMPLS}, "
+                f"got {self.group_norm_impl!r}."
+            )
         if self.scale_by_sigma:
             geometric_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
         super().__post_init__()
@@ -185,7 +195,17 @@ class DDPM(nn.Module):
             return f"all_modules_{next(counter)}"
 
         def resblock(out_ch: int) -> ResnetBlockDDPM:
-            return ResnetBlockDDPM(out_ch, act, self.dropout, dtype=self.dtype, name=name())
+            return ResnetBlockDDPM(
+                out_ch,
+                act,
+                self.dropout,
+                dtype=self.dtype,
+                group_norm_impl=self.group_norm_impl,
+                name=name(),
+            )
+
+        def attn(h: jax.Array) -> jax.Array:
+            return AttnBlock(self.dtype, self.group_norm_impl, name=name())(h, train)
 
         temb = get_timestep_embedding(labels, self.nf)
         temb = dense(4 * self.nf, name(), dtype=self.dtype)(temb)
@@ -197,14 +217,14 @@ class DDPM(nn.Module):
             for _ in range(self.num_res_blocks):
                 h = resblock(self.nf * self.ch_mult[level])(hs[-1], temb, train)
                 if h.shape[2] in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, name=name())(h)
+                    h = attn(h)
                 hs.append(h)
             if level != num_resolutions - 1:
                 hs.append(Downsample(self.resamp_with_conv, self.dtype, name=name())(hs[-1]))
 
         h = hs[-1]
         h = resblock(h.shape[-1])(h, temb, train)
-        h = AttnBlock(self.dtype, name=name())(h)
+        h = attn(h)
         h = resblock(h.shape[-1])(h, temb, train)
 
         for level in reversed(range(num_resolutions)):
@@ -213,11 +233,11 @@ class DDPM(nn.Module):
                     jnp.concatenate([h, hs.pop()], axis=-1), temb, train
                 )
             if h.shape[2] in self.attn_resolutions:
-                h = AttnBlock(self.dtype, name=name())(h)
+                h = attn(h)
             if level != 0:
                 h = Upsample(self.resamp_with_conv, self.dtype, name=name())(h)
 
-        h = act(group_norm(name(), self.dtype)(h))
+        h = group_norm(name(), self.dtype, act, self.group_norm_impl)(h, train)
         h = conv3x3(x.shape[-1], name(), init_scale=0.0, dtype=self.dtype)(h)
 
         if self.scale_by_sigma:

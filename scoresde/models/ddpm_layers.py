@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from scoresde.models.group_norm import GroupNorm, Impl
 from scoresde.models.layers import NIN, conv3x3, dense
 
 #: GroupNorm group count of DDPM (fixed, unlike NCSN++'s ``min(C // 4, 32)``).
@@ -24,12 +25,20 @@ GROUPNORM_EPS = 1e-6
 Dtype = Any
 
 
-def group_norm(name: str, dtype: Dtype = jnp.float32) -> nn.GroupNorm:
-    """GroupNorm as the reference's ``torch.nn.GroupNorm(32, eps=1e-6)`` (two-pass variance)."""
-    return nn.GroupNorm(
+def group_norm(
+    name: str,
+    dtype: Dtype = jnp.float32,
+    act: Callable[[jax.Array], jax.Array] | None = None,
+    impl: Impl = "auto",
+) -> GroupNorm:
+    """GroupNorm as the reference's ``torch.nn.GroupNorm(32, eps=1e-6)`` (two-pass variance),
+    then ``act`` (GroupNorm + SiLU fused on GPUs, :mod:`scoresde.models.group_norm`)."""
+    return GroupNorm(
         num_groups=DDPM_GROUPS,
         epsilon=GROUPNORM_EPS,
-        use_fast_variance=False,
+        act=act,
+        fast_variance=False,
+        impl=impl,
         dtype=dtype,
         name=name,
     )
@@ -44,14 +53,16 @@ class AttnBlock(nn.Module):
 
     Attributes:
       dtype: the compute dtype (parameters stay float32).
+      group_norm_impl: GroupNorm's implementation (:func:`scoresde.models.group_norm.group_norm`).
     """
 
     dtype: Dtype = jnp.float32
+    group_norm_impl: Impl = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         batch, height, width, channels = x.shape
-        h = group_norm("GroupNorm_0", self.dtype)(x)
+        h = group_norm("GroupNorm_0", self.dtype, impl=self.group_norm_impl)(x, train)
         q = NIN(channels, dtype=self.dtype, name="NIN_0")(h)
         k = NIN(channels, dtype=self.dtype, name="NIN_1")(h)
         v = NIN(channels, dtype=self.dtype, name="NIN_2")(h)
@@ -79,21 +90,23 @@ class ResnetBlockDDPM(nn.Module):
       act: the nonlinearity :math:`\phi`.
       dropout: dropout rate (active only with ``train=True``).
       dtype: the compute dtype.
+      group_norm_impl: GroupNorm's implementation (:func:`scoresde.models.group_norm.group_norm`).
     """
 
     out_ch: int
     act: Callable[[jax.Array], jax.Array]
     dropout: float = 0.1
     dtype: Dtype = jnp.float32
+    group_norm_impl: Impl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
-        h = self.act(group_norm("GroupNorm_0", self.dtype)(x))
+        h = group_norm("GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
         h = conv3x3(self.out_ch, "Conv_0", dtype=self.dtype)(h)
         if temb is not None:
             temb_out = dense(self.out_ch, "Dense_0", dtype=self.dtype)(self.act(temb))
             h = h + temb_out[:, None, None, :]
-        h = self.act(group_norm("GroupNorm_1", self.dtype)(h))
+        h = group_norm("GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train)
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(self.out_ch, "Conv_1", init_scale=0.0, dtype=self.dtype)(h)
         if x.shape[-1] != self.out_ch:

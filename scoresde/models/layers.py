@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from scoresde.models import up_or_down_sampling as fir_ops
+from scoresde.models.group_norm import GroupNorm, Impl
 from scoresde.models.initializers import default_init
 
 #: GroupNorm's epsilon in NCSN++.
@@ -50,10 +51,25 @@ def num_groups(channels: int) -> int:
     return groups
 
 
-def group_norm(channels: int, name: str, dtype: Dtype = jnp.float32) -> nn.GroupNorm:
-    """A GroupNorm with :func:`num_groups` groups and epsilon ``1e-6``."""
-    return nn.GroupNorm(
-        num_groups=num_groups(channels), epsilon=GROUP_NORM_EPS, dtype=dtype, name=name
+def group_norm(
+    channels: int,
+    name: str,
+    dtype: Dtype = jnp.float32,
+    act: Callable[[jax.Array], jax.Array] | None = None,
+    impl: Impl = "auto",
+) -> GroupNorm:
+    """A GroupNorm with :func:`num_groups` groups and epsilon ``1e-6``, then ``act``.
+
+    GroupNorm + SiLU is one fused kernel on GPUs (:mod:`scoresde.models.group_norm`);
+    ``impl`` chooses the implementation.
+    """
+    return GroupNorm(
+        num_groups=num_groups(channels),
+        epsilon=GROUP_NORM_EPS,
+        act=act,
+        impl=impl,
+        dtype=dtype,
+        name=name,
     )
 
 
@@ -217,12 +233,13 @@ class AttnBlockpp(nn.Module):
 
     skip_rescale: bool = False
     init_scale: float = 0.0
+    group_norm_impl: Impl = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, height, width, c = x.shape
-        h = group_norm(c, "GroupNorm_0", self.dtype)(x)
+        h = group_norm(c, "GroupNorm_0", self.dtype, impl=self.group_norm_impl)(x, train)
         q = NIN(c, dtype=self.dtype, name="NIN_0")(h)
         k = NIN(c, dtype=self.dtype, name="NIN_1")(h)
         v = NIN(c, dtype=self.dtype, name="NIN_2")(h)
@@ -341,6 +358,7 @@ class ResnetBlockDDPMpp(nn.Module):
     dropout: float = 0.1
     skip_rescale: bool = False
     init_scale: float = 0.0
+    group_norm_impl: Impl = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -349,11 +367,11 @@ class ResnetBlockDDPMpp(nn.Module):
     ) -> jax.Array:
         in_ch = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else in_ch
-        h = self.act(group_norm(in_ch, "GroupNorm_0", self.dtype)(x))
+        h = group_norm(in_ch, "GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
         h = conv3x3(out_ch, "Conv_0", dtype=self.dtype)(h)
         if temb is not None:
             h = h + dense(out_ch, "Dense_0", self.dtype)(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch, "GroupNorm_1", self.dtype)(h))
+        h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train)
         h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, "Conv_1", init_scale=self.init_scale, dtype=self.dtype)(h)
         if in_ch != out_ch:
@@ -392,6 +410,7 @@ class ResnetBlockBigGANpp(nn.Module):
     fir_kernel: tuple[int, ...] = fir_ops.DEFAULT_FIR_KERNEL
     skip_rescale: bool = True
     init_scale: float = 0.0
+    group_norm_impl: Impl = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -400,7 +419,7 @@ class ResnetBlockBigGANpp(nn.Module):
     ) -> jax.Array:
         in_ch = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else in_ch
-        h = self.act(group_norm(in_ch, "GroupNorm_0", self.dtype)(x))
+        h = group_norm(in_ch, "GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
         if self.up:
             if self.fir:
                 h = fir_ops.upsample_2d(h, self.fir_kernel, factor=2)
@@ -418,7 +437,7 @@ class ResnetBlockBigGANpp(nn.Module):
         h = conv3x3(out_ch, "Conv_0", dtype=self.dtype)(h)
         if temb is not None:
             h = h + dense(out_ch, "Dense_0", self.dtype)(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch, "GroupNorm_1", self.dtype)(h))
+        h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train)
         h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, "Conv_1", init_scale=self.init_scale, dtype=self.dtype)(h)
         if in_ch != out_ch or self.up or self.down:

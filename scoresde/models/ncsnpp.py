@@ -26,6 +26,7 @@ from flax import linen as nn
 
 from scoresde.models import layers
 from scoresde.models.embeddings import get_timestep_embedding
+from scoresde.models.group_norm import IMPLS as GROUP_NORM_IMPLS
 from scoresde.models.up_or_down_sampling import DEFAULT_FIR_KERNEL
 
 RESBLOCK_TYPES = ("biggan", "ddpm")
@@ -83,6 +84,9 @@ class NCSNpp(nn.Module):
       sigma_min, sigma_max, num_scales: the geometric :math:`\sigma` table used by
         ``scale_by_sigma`` with the positional embedding.
       dtype: the compute dtype (parameters stay float32; the output has the input's dtype).
+      group_norm_impl: GroupNorm's implementation, ``'auto'`` (a fused GroupNorm + SiLU
+        kernel on CUDA GPUs, XLA elsewhere), ``'xla'`` or ``'pallas'``
+        (:func:`scoresde.models.group_norm.group_norm`); the function is the same.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -117,6 +121,7 @@ class NCSNpp(nn.Module):
     sigma_max: float = 50.0
     num_scales: int = 1000
     dtype: Any = jnp.float32
+    group_norm_impl: str = "auto"
 
     #: State-dict buffers of the reference that are not Flax parameters.
     torch_buffers: ClassVar[tuple[str, ...]] = ("sigmas",)
@@ -140,6 +145,7 @@ class NCSNpp(nn.Module):
         _check_choice("progressive_combine", self.progressive_combine, PROGRESSIVE_COMBINE)
         _check_choice("embedding_type", self.embedding_type, EMBEDDING_TYPES)
         _check_choice("nonlinearity", self.nonlinearity, NONLINEARITIES)
+        _check_choice("group_norm_impl", self.group_norm_impl, GROUP_NORM_IMPLS)
         if self.scale_by_sigma and self.embedding_type == "positional":
             if not 0 < self.sigma_min < self.sigma_max or self.num_scales < 1:
                 raise ValueError(
@@ -207,6 +213,7 @@ class NCSNpp(nn.Module):
                     dropout=self.dropout,
                     skip_rescale=self.skip_rescale,
                     init_scale=self.init_scale,
+                    group_norm_impl=self.group_norm_impl,
                     dtype=dt,
                     name=name(),
                 )
@@ -221,6 +228,7 @@ class NCSNpp(nn.Module):
                     fir_kernel=self.fir_kernel,
                     skip_rescale=self.skip_rescale,
                     init_scale=self.init_scale,
+                    group_norm_impl=self.group_norm_impl,
                     dtype=dt,
                     name=name(),
                 )
@@ -228,11 +236,16 @@ class NCSNpp(nn.Module):
 
         def attn(h):
             return layers.AttnBlockpp(
-                skip_rescale=self.skip_rescale, init_scale=self.init_scale, dtype=dt, name=name()
-            )(h)
+                skip_rescale=self.skip_rescale,
+                init_scale=self.init_scale,
+                group_norm_impl=self.group_norm_impl,
+                dtype=dt,
+                name=name(),
+            )(h, train)
 
         def norm_act(h):
-            return act(layers.group_norm(h.shape[-1], name(), dt)(h))
+            gn = layers.group_norm(h.shape[-1], name(), dt, act, self.group_norm_impl)
+            return gn(h, train)
 
         # Time embedding.
         labels = labels.astype(jnp.float32) if self.embedding_type == "fourier" else labels

@@ -1,0 +1,516 @@
+r"""GroupNorm, optionally followed by SiLU, as one fused GPU kernel.
+
+For NHWC :math:`x` with :math:`G` groups of :math:`C/G` channels, per example :math:`b` and
+group :math:`g`,
+
+.. math::
+
+    \mu_{bg} = \frac{1}{n}\sum_{h,w,c \in g} x_{bhwc}, \quad
+    \sigma^2_{bg} = \frac{1}{n}\sum_{h,w,c \in g} (x_{bhwc} - \mu_{bg})^2, \quad
+    y_{bhwc} = \phi\Big(\gamma_c \frac{x_{bhwc} - \mu_{bg}}{\sqrt{\sigma^2_{bg} + \epsilon}}
+    + \beta_c\Big)
+
+with :math:`n = HW C/G` and :math:`\phi` the identity or SiLU, :math:`u \sigma(u)`.
+
+XLA computes this as a reduction of ``(B, H, W, G, C/G)`` followed by an elementwise pass,
+several times slower than the memory traffic requires (``docs/benchmarks.md``). On CUDA GPUs
+:func:`group_norm` instead runs a Pallas (Triton) kernel per example and block of channels
+that reads :math:`x` once for the statistics (Chan et al.'s pairwise combination of
+per-chunk means and centred sums of squares, as accurate as the two-pass formula) and once
+more, mostly from L2, to write :math:`y`; the backward kernel reads :math:`x` and the
+cotangent twice and writes :math:`\partial L/\partial x` once, recomputing
+:math:`\hat x` and :math:`\phi'` instead of storing them. Elsewhere (CPU, TPU, shapes the
+kernel does not cover) the same function is computed with ``jax.numpy`` exactly as
+``flax.linen.GroupNorm`` does.
+
+Differentiation: with ``train=True`` the kernel's gradient is the hand-written backward
+kernel (a ``jax.custom_vjp``: reverse mode only, as a training step needs); with
+``train=False`` the kernel carries a ``jax.custom_jvp`` whose tangent is the ``jax.numpy``
+formula, so forward mode (the likelihood's ``jax.jvp`` through the network), ``vmap`` and
+reverse mode all work.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+Dtype = Any
+Impl = Literal["auto", "xla", "pallas"]
+
+#: The implementations :func:`group_norm` accepts.
+IMPLS = ("auto", "xla", "pallas")
+#: Elements of one chunk a kernel program holds in registers (rows x channel block).
+TILE_ELEMENTS = 4096
+#: Bytes of one row of a channel block: a full 128-byte cache line.
+ROW_BYTES = 128
+#: Triton warps per kernel program.
+NUM_WARPS = 4
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def kernel_blocks(
+    shape: tuple[int, ...],
+    num_groups: int,
+    itemsize: int,
+    tile_elements: int = TILE_ELEMENTS,
+    channel_block: int | None = None,
+) -> tuple[int, int] | None:
+    """(channel block, rows per chunk) of the fused kernel for an NHWC shape, or None.
+
+    A program of the kernel normalizes one example's block of whole groups, ``channel
+    block`` channels wide (at least ``ROW_BYTES`` per row, a power of two dividing ``C``),
+    walking its ``H W`` rows in chunks of ``rows`` (a power of two). None where the kernel
+    does not apply: not 4-D, ``H W`` or the group size not a power of two.
+
+    Example:
+      >>> kernel_blocks((128, 32, 32, 256), 32, 2)
+      (64, 64)
+      >>> kernel_blocks((8, 28, 28, 64), 16, 4) is None  # 784 rows: the XLA path
+      True
+    """
+    if len(shape) != 4 or num_groups <= 0 or shape[-1] % num_groups:
+        return None
+    hw, c = shape[1] * shape[2], shape[3]
+    group = c // num_groups
+    if not (_is_power_of_two(hw) and _is_power_of_two(group) and _is_power_of_two(c)):
+        return None
+    cb = channel_block or max(group, ROW_BYTES // itemsize)
+    cb = min(max(cb, group), c)
+    if not _is_power_of_two(cb) or c % cb or cb % group:
+        return None
+    rows = min(hw, max(1, tile_elements // cb))
+    return cb, rows
+
+
+def _same_group(cb: int, group: int) -> jax.Array:
+    """(cb, cb) mask: channels i and j of a block share a group."""
+    lane = jnp.arange(cb, dtype=jnp.int32)
+    group = jnp.int32(group)
+    return lax.div(lane[:, None], group) == lax.div(lane[None, :], group)
+
+
+def _group_sum(v: jax.Array, same: jax.Array) -> jax.Array:
+    """Per channel of ``v`` (cb,), the sum of ``v`` over the channel's group."""
+    return jnp.sum(jnp.where(same, v[None, :], 0.0), axis=1)
+
+
+def _silu_f32(u: jax.Array) -> jax.Array:
+    return u / (1.0 + jnp.exp(-u))
+
+
+def _forward_kernel(
+    x_ref, scale_ref, bias_ref, y_ref, mean_ref, rstd_ref, *, rows, group, eps, silu
+):
+    hw, cb = x_ref.shape
+    n_chunks = hw // rows
+    same = _same_group(cb, group)
+    per_chunk = float(rows * group)
+
+    def load(i):
+        return x_ref[pl.ds(i * rows, rows), :].astype(jnp.float32)
+
+    def chunk_stats(xc):
+        mean = _group_sum(jnp.sum(xc, axis=0), same) / per_chunk
+        d = xc - mean[None, :]
+        return mean, _group_sum(jnp.sum(d * d, axis=0), same)
+
+    def combine(i, carry):
+        # Chan, Golub & LeVeque's pairwise update of (mean, centred sum of squares).
+        mean_a, m2_a = carry
+        mean_b, m2_b = chunk_stats(load(i))
+        n_a = i.astype(jnp.float32) * per_chunk
+        w = per_chunk / (n_a + per_chunk)
+        delta = mean_b - mean_a
+        return mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w)
+
+    if n_chunks == 1:
+        x_all = load(0)
+        mean, m2 = chunk_stats(x_all)
+    else:
+        zeros = jnp.zeros((cb,), jnp.float32)
+        mean, m2 = lax.fori_loop(0, n_chunks, combine, (zeros, zeros))
+    rstd = lax.rsqrt(m2 / (hw * group) + eps)
+    a = scale_ref[...].astype(jnp.float32) * rstd
+    b = bias_ref[...].astype(jnp.float32) - mean * a
+    mean_ref[...] = mean
+    rstd_ref[...] = rstd
+
+    def write(i, xc):
+        y = xc * a[None, :] + b[None, :]
+        if silu:
+            y = _silu_f32(y)
+        y_ref[pl.ds(i * rows, rows), :] = y.astype(y_ref.dtype)
+
+    if n_chunks == 1:
+        write(0, x_all)
+    else:
+
+        def body(i, carry):
+            write(i, load(i))
+            return carry
+
+        lax.fori_loop(0, n_chunks, body, 0)
+
+
+def _backward_kernel(
+    x_ref,
+    scale_ref,
+    bias_ref,
+    mean_ref,
+    rstd_ref,
+    g_ref,
+    dx_ref,
+    dscale_ref,
+    dbias_ref,
+    *,
+    rows,
+    group,
+    silu,
+):
+    hw, cb = x_ref.shape
+    n_chunks = hw // rows
+    same = _same_group(cb, group)
+    mean, rstd = mean_ref[...], rstd_ref[...]
+    scale = scale_ref[...].astype(jnp.float32)
+    bias = bias_ref[...].astype(jnp.float32)
+
+    def local(i):
+        """(x_hat, cotangent of the pre-activation) of chunk i."""
+        window = pl.ds(i * rows, rows)
+        xhat = (x_ref[window, :].astype(jnp.float32) - mean[None, :]) * rstd[None, :]
+        g = g_ref[window, :].astype(jnp.float32)
+        if silu:
+            u = xhat * scale[None, :] + bias[None, :]
+            s = 1.0 / (1.0 + jnp.exp(-u))
+            g = g * (s * (1.0 + u * (1.0 - s)))
+        return xhat, g
+
+    def sums(i, carry):
+        s1, s2 = carry
+        xhat, gu = local(i)
+        return s1 + jnp.sum(gu, axis=0), s2 + jnp.sum(gu * xhat, axis=0)
+
+    if n_chunks == 1:
+        xhat_all, gu_all = local(0)
+        s1, s2 = jnp.sum(gu_all, axis=0), jnp.sum(gu_all * xhat_all, axis=0)
+    else:
+        zeros = jnp.zeros((cb,), jnp.float32)
+        s1, s2 = lax.fori_loop(0, n_chunks, sums, (zeros, zeros))
+    dbias_ref[...] = s1
+    dscale_ref[...] = s2
+    n = float(hw * group)
+    c1 = _group_sum(scale * s1, same) / n
+    c2 = _group_sum(scale * s2, same) / n
+
+    def write(i, xhat, gu):
+        dx = rstd[None, :] * (scale[None, :] * gu - c1[None, :] - xhat * c2[None, :])
+        dx_ref[pl.ds(i * rows, rows), :] = dx.astype(dx_ref.dtype)
+
+    if n_chunks == 1:
+        write(0, xhat_all, gu_all)
+    else:
+
+        def body(i, carry):
+            write(i, *local(i))
+            return carry
+
+        lax.fori_loop(0, n_chunks, body, 0)
+
+
+def _pallas_call(kernel, out_shape, in_specs, out_specs, grid, num_warps, interpret, name):
+    return pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=None if interpret else plgpu.CompilerParams(num_warps=num_warps),
+        interpret=interpret,
+        name=name,
+    )
+
+
+def _specs(hw: int, cb: int):
+    """Block specs over the grid (example, channel block): image rows, per channel, per example."""
+    image = pl.BlockSpec((None, hw, cb), lambda i, j: (i, 0, j))
+    channel = pl.BlockSpec((cb,), lambda i, j: (j,))
+    per_example = pl.BlockSpec((None, cb), lambda i, j: (i, j))
+    return image, channel, per_example
+
+
+class _KernelConfig(NamedTuple):
+    """Static parameters of the kernels (hashable, for ``nondiff_argnums``)."""
+
+    num_groups: int
+    eps: float
+    silu: bool
+    out_dtype: Any
+    cb: int
+    rows: int
+    num_warps: int
+    interpret: bool
+
+
+def _forward(cfg: _KernelConfig, x, scale, bias):
+    """(y, per-channel mean, per-channel 1/std) from the forward kernel; x is NHWC."""
+    b, h, w, c = x.shape
+    hw = h * w
+    image, channel, per_example = _specs(hw, cfg.cb)
+    kernel = functools.partial(
+        _forward_kernel, rows=cfg.rows, group=c // cfg.num_groups, eps=cfg.eps, silu=cfg.silu
+    )
+    stat = jax.ShapeDtypeStruct((b, c), jnp.float32)
+    y, mean, rstd = _pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((b, hw, c), cfg.out_dtype), stat, stat),
+        in_specs=[image, channel, channel],
+        out_specs=(image, per_example, per_example),
+        grid=(b, c // cfg.cb),
+        num_warps=cfg.num_warps,
+        interpret=cfg.interpret,
+        name="group_norm_forward",
+    )(x.reshape(b, hw, c), scale, bias)
+    return y.reshape(b, h, w, c), mean, rstd
+
+
+def _backward(cfg: _KernelConfig, x, scale, bias, mean, rstd, g):
+    """(dx, dscale, dbias) from the backward kernel."""
+    b, h, w, c = x.shape
+    hw = h * w
+    image, channel, per_example = _specs(hw, cfg.cb)
+    kernel = functools.partial(
+        _backward_kernel, rows=cfg.rows, group=c // cfg.num_groups, silu=cfg.silu
+    )
+    partial = jax.ShapeDtypeStruct((b, c), jnp.float32)
+    dx, dscale, dbias = _pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((b, hw, c), x.dtype), partial, partial),
+        in_specs=[image, channel, channel, per_example, per_example, image],
+        out_specs=(image, per_example, per_example),
+        grid=(b, c // cfg.cb),
+        num_warps=cfg.num_warps,
+        interpret=cfg.interpret,
+        name="group_norm_backward",
+    )(x.reshape(b, hw, c), scale, bias, mean, rstd, g.reshape(b, hw, c))
+    dx = dx.reshape(b, h, w, c)
+    return dx, dscale.sum(0).astype(scale.dtype), dbias.sum(0).astype(bias.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _kernel_reverse(cfg, x, scale, bias):
+    return _forward(cfg, x, scale, bias)[0]
+
+
+def _kernel_reverse_fwd(cfg, x, scale, bias):
+    y, mean, rstd = _forward(cfg, x, scale, bias)
+    return y, (x, scale, bias, mean, rstd)
+
+
+def _kernel_reverse_bwd(cfg, residuals, g):
+    return _backward(cfg, *residuals, g)
+
+
+_kernel_reverse.defvjp(_kernel_reverse_fwd, _kernel_reverse_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _kernel_forward_mode(cfg, x, scale, bias):
+    return _forward(cfg, x, scale, bias)[0]
+
+
+@_kernel_forward_mode.defjvp
+def _kernel_forward_mode_jvp(cfg, primals, tangents):
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    y, mean, rstd = _forward(cfg, x, scale, bias)
+    b, h, w, c = x.shape
+    group = c // cfg.num_groups
+
+    def group_mean(v):  # (B, H, W, C) -> (B, 1, 1, C), each channel its group's mean
+        m = v.reshape(b, h * w, cfg.num_groups, group).mean(axis=(1, 3))
+        return jnp.repeat(m, group, axis=-1)[:, None, None, :]
+
+    mean4, rstd4 = mean[:, None, None, :], rstd[:, None, None, :]
+    xhat = (x.astype(jnp.float32) - mean4) * rstd4
+    dxf = dx.astype(jnp.float32)
+    dxhat = rstd4 * (dxf - group_mean(dxf) - xhat * group_mean(dxf * xhat))
+    du = scale * dxhat + dscale * xhat + dbias
+    if cfg.silu:
+        u = xhat * scale + bias
+        s = jax.nn.sigmoid(u)
+        du = du * (s * (1.0 + u * (1.0 - s)))
+    return y, du.astype(y.dtype)
+
+
+def _xla_group_norm(x, scale, bias, num_groups, eps, fast_variance, out_dtype):
+    """``flax.linen.GroupNorm``'s arithmetic, step by step (same rounding)."""
+    group = x.shape[-1] // num_groups
+    xg = x.reshape(x.shape[:-1] + (num_groups, group)).astype(
+        jnp.promote_types(x.dtype, jnp.float32)
+    )
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+    mean = xg.mean(axes)
+    if fast_variance:
+        var = jnp.maximum(0.0, (xg * xg).mean(axes) - mean * mean)
+    else:
+        var = ((xg - jnp.expand_dims(mean, axes)) ** 2).mean(axes)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    mean = jnp.repeat(mean, group, axis=-1).reshape(shape)
+    var = jnp.repeat(var, group, axis=-1).reshape(shape)
+    y = x - mean
+    mul = lax.rsqrt(var + eps) * scale
+    return jnp.asarray(y * mul + bias, out_dtype)
+
+
+def group_norm(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    *,
+    num_groups: int,
+    epsilon: float = 1e-6,
+    silu: bool = False,
+    dtype: Dtype | None = None,
+    fast_variance: bool = True,
+    train: bool = False,
+    impl: Impl = "auto",
+    interpret: bool = False,
+    tile_elements: int = TILE_ELEMENTS,
+    channel_block: int | None = None,
+    num_warps: int = NUM_WARPS,
+) -> jax.Array:
+    r"""GroupNorm over the last axis of NHWC ``x``, then SiLU if ``silu``.
+
+    :math:`y = \phi(\gamma (x - \mu_g) / \sqrt{\sigma_g^2 + \epsilon} + \beta)` with the
+    statistics over :math:`(H, W)` and the channels of each group (the module docstring
+    has the details).
+
+    Args:
+      x: ``(B, H, W, C)``, any float dtype.
+      scale, bias: ``(C,)``, :math:`\gamma` and :math:`\beta`.
+      num_groups: :math:`G`, dividing ``C``.
+      epsilon: :math:`\epsilon`.
+      silu: apply :math:`\phi(u) = u\,\sigma(u)` (fused into the kernel).
+      dtype: the output dtype (default: ``x``'s and the parameters' promoted dtype, as in
+        flax).
+      fast_variance: the XLA path's variance as :math:`E[x^2] - E[x]^2` (flax's default)
+        rather than two-pass; the kernel always uses the accurate pairwise form.
+      train: the kernel's differentiation (module docstring): ``True`` for the hand-written
+        backward kernel (reverse mode only), ``False`` to keep forward mode.
+      impl: ``"auto"`` (the kernel on CUDA GPUs for the shapes it covers, XLA otherwise),
+        ``"xla"``, or ``"pallas"`` (the kernel wherever it is lowered; an error for shapes it
+        does not cover).
+      interpret: run the kernel in Pallas' interpreter (tests on a CPU).
+      tile_elements, channel_block, num_warps: the kernel's tiling (benchmarks).
+
+    Returns:
+      ``y``, shaped like ``x``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.arange(2 * 2 * 2 * 8, dtype=jnp.float32).reshape(2, 2, 2, 8)
+      >>> y = group_norm(x, jnp.ones(8), jnp.zeros(8), num_groups=2)
+      >>> float(jnp.round(y[0, ..., :4].mean(), 5)), float(jnp.round(y[0, ..., :4].std(), 3))
+      (0.0, 1.0)
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"group_norm: impl must be one of {IMPLS}, got {impl!r}.")
+    if x.ndim < 2 or num_groups <= 0 or x.shape[-1] % num_groups:
+        raise ValueError(
+            f"group_norm: num_groups={num_groups} must be positive and divide the channels "
+            f"(last axis) of x, shape {x.shape}."
+        )
+    out_dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, scale, bias)
+
+    def xla(x, scale, bias):
+        y = _xla_group_norm(x, scale, bias, num_groups, epsilon, fast_variance, out_dtype)
+        return jax.nn.silu(y) if silu else y
+
+    if impl == "xla":
+        return xla(x, scale, bias)
+    blocks = kernel_blocks(
+        x.shape, num_groups, jnp.dtype(x.dtype).itemsize, tile_elements, channel_block
+    )
+    if blocks is None:
+        if impl == "pallas":
+            raise ValueError(
+                f"group_norm: impl='pallas' needs a 4-D x with H*W, C and the group size "
+                f"C/num_groups powers of two; got shape {x.shape}, num_groups={num_groups}. "
+                f"Use impl='auto' to fall back to XLA."
+            )
+        return xla(x, scale, bias)
+    cfg = _KernelConfig(num_groups, epsilon, silu, out_dtype, *blocks, num_warps, bool(interpret))
+    kernel = _kernel_reverse if train else _kernel_forward_mode
+
+    def fused(x, scale, bias):
+        return kernel(cfg, x, scale, bias)
+
+    if impl == "pallas" or interpret:
+        return fused(x, scale, bias)
+    return lax.platform_dependent(x, scale, bias, cuda=fused, default=xla)
+
+
+class GroupNorm(nn.Module):
+    r"""GroupNorm, then an activation; GroupNorm + SiLU runs as one fused kernel on GPUs.
+
+    Parameters ``scale`` and ``bias`` as in ``flax.linen.GroupNorm`` (so checkpoints and
+    converters see the same tree). :func:`group_norm` has the math and the implementations.
+
+    Attributes:
+      num_groups: :math:`G`.
+      epsilon: :math:`\epsilon`.
+      act: applied to the normalized output: ``None``, ``jax.nn.silu`` (fused), or any
+        other callable (applied after the kernel).
+      fast_variance: the XLA path's variance formula (see :func:`group_norm`).
+      impl: ``"auto"``, ``"xla"`` or ``"pallas"`` (see :func:`group_norm`).
+      dtype: the output dtype (parameters stay float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> gn = GroupNorm(num_groups=2, act=jax.nn.silu)
+      >>> x = jnp.ones((1, 4, 4, 8))
+      >>> y, variables = gn.init_with_output(jax.random.key(0), x)
+      >>> y.shape, sorted(variables["params"])
+      ((1, 4, 4, 8), ['bias', 'scale'])
+    """
+
+    num_groups: int
+    epsilon: float = 1e-6
+    act: Callable[[jax.Array], jax.Array] | None = None
+    fast_variance: bool = True
+    impl: Impl = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        fuse_silu = self.act is jax.nn.silu
+        y = group_norm(
+            x,
+            scale,
+            bias,
+            num_groups=self.num_groups,
+            epsilon=self.epsilon,
+            silu=fuse_silu,
+            dtype=self.dtype,
+            fast_variance=self.fast_variance,
+            train=train,
+            impl=self.impl,
+        )
+        if self.act is not None and not fuse_silu:
+            y = self.act(y)
+        return y
