@@ -196,6 +196,7 @@ def bench_forward(name, config, args, out):
         compile_s = time.perf_counter() - t0
         mem = compiled.memory_analysis()
         temp_gib = None if mem is None else mem.temp_size_in_bytes / 2**30
+        hlo = compiled.as_text() or ""
         first, med = timed(compiled, *call_args, repeats=args.repeats)
         y = np.asarray(compiled(*call_args), np.float32)
         y0 = first_outputs.setdefault((dtype_name, batch), y)
@@ -213,6 +214,10 @@ def bench_forward(name, config, args, out):
             "xla_temp_gib": temp_gib,
             "finite": bool(np.isfinite(y).all()),
             "rel_diff_vs_first_impl": rel_diff,
+            # Layout changes XLA inserted (inside fusions too), and the kernel's custom calls.
+            "hlo_transposes": hlo.count(" transpose("),
+            "hlo_copies": hlo.count(" copy("),
+            "hlo_custom_calls": hlo.count(" custom-call("),
         }
         emit(rec, out)
         rows.append(rec)

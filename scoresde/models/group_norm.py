@@ -15,10 +15,10 @@ with :math:`n = HW C/G` and :math:`\phi` the identity or SiLU, :math:`u \sigma(u
 XLA computes this as a reduction of ``(B, H, W, G, C/G)`` followed by an elementwise pass,
 several times slower than the memory traffic requires (``docs/benchmarks.md``). On CUDA GPUs
 :func:`group_norm` instead runs a Pallas (Triton) kernel per example and block of channels
-that reads :math:`x` once for the statistics (Chan et al.'s pairwise combination of
-per-chunk means and centred sums of squares, as accurate as the two-pass formula) and once
-more, mostly from L2, to write :math:`y`; the backward kernel reads :math:`x` and the
-cotangent twice and writes :math:`\partial L/\partial x` once, recomputing
+that reads :math:`x` once for the statistics (sums of :math:`x - k`, :math:`k` the first
+chunk's group means: the shifted-data variance formula, accurate where the plain
+:math:`E[x^2] - E[x]^2` would cancel) and once more, mostly from L2, to write :math:`y`;
+the backward kernel reads :math:`x` and the cotangent twice and writes :math:`\partial L/\partial x` once, recomputing
 :math:`\hat x` and :math:`\phi'` instead of storing them. Elsewhere (CPU, TPU, shapes the
 kernel does not cover) the same function is computed with ``jax.numpy`` exactly as
 ``flax.linen.GroupNorm`` does.
@@ -49,11 +49,11 @@ Impl = Literal["auto", "xla", "pallas"]
 #: The implementations :func:`group_norm` accepts.
 IMPLS = ("auto", "xla", "pallas")
 #: Elements of one chunk a kernel program holds in registers (rows x channel block).
-TILE_ELEMENTS = 4096
+TILE_ELEMENTS = 8192
 #: Bytes of one row of a channel block: a full 128-byte cache line.
 ROW_BYTES = 128
 #: Triton warps per kernel program.
-NUM_WARPS = 4
+NUM_WARPS = 8
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -76,7 +76,7 @@ def kernel_blocks(
 
     Example:
       >>> kernel_blocks((128, 32, 32, 256), 32, 2)
-      (64, 64)
+      (64, 128)
       >>> kernel_blocks((8, 28, 28, 64), 16, 4) is None  # 784 rows: the XLA path
       True
     """
@@ -126,21 +126,28 @@ def _forward_kernel(
         d = xc - mean[None, :]
         return mean, _group_sum(jnp.sum(d * d, axis=0), same)
 
-    def combine(i, carry):
-        # Chan, Golub & LeVeque's pairwise update of (mean, centred sum of squares).
-        mean_a, m2_a = carry
-        mean_b, m2_b = chunk_stats(load(i))
-        n_a = i.astype(jnp.float32) * per_chunk
-        w = per_chunk / (n_a + per_chunk)
-        delta = mean_b - mean_a
-        return mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w)
-
     if n_chunks == 1:
         x_all = load(0)
         mean, m2 = chunk_stats(x_all)
     else:
-        zeros = jnp.zeros((cb,), jnp.float32)
-        mean, m2 = lax.fori_loop(0, n_chunks, combine, (zeros, zeros))
+        # Sums of x - k, with k the first chunk's group means: the shifted-data formula
+        # n var = sum (x-k)^2 - (sum (x-k))^2 / n loses only ~(mean-k)^2 / var of precision,
+        # and the accumulators stay elementwise in registers (one reduction at the end, none
+        # per chunk, so the chunks' loads overlap).
+        k = chunk_stats(load(0))[0][None, :]
+
+        def accumulate(i, carry):
+            acc1, acc2 = carry
+            d = load(i) - k
+            return acc1 + d, acc2 + d * d
+
+        zeros = jnp.zeros((rows, cb), jnp.float32)
+        acc1, acc2 = lax.fori_loop(0, n_chunks, accumulate, (zeros, zeros))
+        n = float(hw * group)
+        s1 = _group_sum(jnp.sum(acc1, axis=0), same)
+        s2 = _group_sum(jnp.sum(acc2, axis=0), same)
+        mean = k[0] + s1 / n
+        m2 = jnp.maximum(s2 - s1 * s1 / n, 0.0)
     rstd = lax.rsqrt(m2 / (hw * group) + eps)
     a = scale_ref[...].astype(jnp.float32) * rstd
     b = bias_ref[...].astype(jnp.float32) - mean * a
@@ -198,16 +205,17 @@ def _backward_kernel(
         return xhat, g
 
     def sums(i, carry):
-        s1, s2 = carry
+        acc1, acc2 = carry
         xhat, gu = local(i)
-        return s1 + jnp.sum(gu, axis=0), s2 + jnp.sum(gu * xhat, axis=0)
+        return acc1 + gu, acc2 + gu * xhat
 
     if n_chunks == 1:
         xhat_all, gu_all = local(0)
         s1, s2 = jnp.sum(gu_all, axis=0), jnp.sum(gu_all * xhat_all, axis=0)
     else:
-        zeros = jnp.zeros((cb,), jnp.float32)
-        s1, s2 = lax.fori_loop(0, n_chunks, sums, (zeros, zeros))
+        zeros = jnp.zeros((rows, cb), jnp.float32)
+        acc1, acc2 = lax.fori_loop(0, n_chunks, sums, (zeros, zeros))
+        s1, s2 = jnp.sum(acc1, axis=0), jnp.sum(acc2, axis=0)
     dbias_ref[...] = s1
     dscale_ref[...] = s2
     n = float(hw * group)
@@ -406,7 +414,7 @@ def group_norm(
       dtype: the output dtype (default: ``x``'s and the parameters' promoted dtype, as in
         flax).
       fast_variance: the XLA path's variance as :math:`E[x^2] - E[x]^2` (flax's default)
-        rather than two-pass; the kernel always uses the accurate pairwise form.
+        rather than two-pass; the kernel always uses the shifted form (module docstring).
       train: the kernel's differentiation (module docstring): ``True`` for the hand-written
         backward kernel (reverse mode only), ``False`` to keep forward mode.
       impl: ``"auto"`` (the kernel on CUDA GPUs for the shapes it covers, XLA otherwise),
