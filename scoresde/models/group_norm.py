@@ -54,6 +54,11 @@ TILE_ELEMENTS = 8192
 ROW_BYTES = 128
 #: Triton warps per kernel program.
 NUM_WARPS = 8
+#: The largest H * W for which ``impl="auto"`` picks the kernel. Measured on an H200
+#: (``groupnorm_bench.py --chain 10``, docs/benchmarks.md): at 16x16 and below the kernel
+#: beats XLA's fusions (forward+backward up to 4x at 4x4), at 32x32 it ties or loses (batch
+#: 512 bfloat16 forward+backward 0.91 against 0.75 ms).
+AUTO_MAX_ROWS = 256
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -417,7 +422,8 @@ def group_norm(
         rather than two-pass; the kernel always uses the shifted form (module docstring).
       train: the kernel's differentiation (module docstring): ``True`` for the hand-written
         backward kernel (reverse mode only), ``False`` to keep forward mode.
-      impl: ``"auto"`` (the kernel on CUDA GPUs for the shapes it covers, XLA otherwise),
+      impl: ``"auto"`` (the kernel on CUDA GPUs for the shapes it covers up to
+        ``AUTO_MAX_ROWS`` pixels, where it measured faster; XLA otherwise),
         ``"xla"``, or ``"pallas"`` (the kernel wherever it is lowered; an error for shapes it
         does not cover).
       interpret: run the kernel in Pallas' interpreter (tests on a CPU).
@@ -451,6 +457,8 @@ def group_norm(
     blocks = kernel_blocks(
         x.shape, num_groups, jnp.dtype(x.dtype).itemsize, tile_elements, channel_block
     )
+    if impl == "auto" and x.ndim == 4 and x.shape[1] * x.shape[2] > AUTO_MAX_ROWS:
+        return xla(x, scale, bias)
     if blocks is None:
         if impl == "pallas":
             raise ValueError(
