@@ -88,6 +88,30 @@ def _compute_dtype(config: Any, supported: bool = True) -> Any:
     return jnp.dtype(name)
 
 
+def _group_norm_impl(config: Any, supported: bool = True) -> str:
+    """``model.group_norm_impl`` (an extension of the reference's configs; absent: ``"auto"``).
+
+    One of ``"auto"``, ``"xla"``, ``"pallas"`` for the families with GroupNorm
+    (:func:`scoresde.models.group_norm.group_norm`); ``supported=False`` accepts only
+    ``"auto"``.
+
+    Example:
+      >>> _group_norm_impl({"model": {"group_norm_impl": "xla"}})
+      'xla'
+    """
+    from scoresde.models.group_norm import IMPLS
+
+    impl = config_field(config, "model.group_norm_impl", "auto")
+    allowed = IMPLS if supported else ("auto",)
+    if impl not in allowed:
+        family = config_field(config, "model.name", "?")
+        raise ValueError(
+            f"config: model.group_norm_impl must be one of {allowed} for model.name={family!r}, "
+            f"got {impl!r}."
+        )
+    return impl
+
+
 def ncsnpp_from_config(config: Any) -> nn.Module:
     """Builds :class:`~scoresde.models.ncsnpp.NCSNpp` (NCSN++ / DDPM++) from ``config.model``.
 
@@ -146,7 +170,7 @@ def ncsnpp_from_config(config: Any) -> nn.Module:
         kwargs[name] = int(kwargs[name])
     for name in ("dropout", "fourier_scale", "init_scale", "sigma_min", "sigma_max"):
         kwargs[name] = float(kwargs[name])
-    return NCSNpp(**kwargs, dtype=_compute_dtype(config))
+    return NCSNpp(**kwargs, dtype=_compute_dtype(config), group_norm_impl=_group_norm_impl(config))
 
 
 def from_config(config: Any) -> nn.Module:
@@ -163,7 +187,9 @@ def from_config(config: Any) -> nn.Module:
     Beyond the reference's fields, ``model.dtype`` (NCSN++/DDPM++ and DDPM only) selects the
     compute dtype: ``"float32"`` (the default) or ``"bfloat16"`` (convolutions, matrix
     products and activations in bfloat16; parameters, GroupNorm statistics and the output in
-    float32), e.g. ``--config.model.dtype=bfloat16`` on the command line.
+    float32), e.g. ``--config.model.dtype=bfloat16`` on the command line; and
+    ``model.group_norm_impl`` GroupNorm's implementation (``"auto"``, the default: a fused
+    GroupNorm + SiLU kernel on CUDA GPUs where it is faster; ``"xla"``; ``"pallas"``).
 
     Example:
       >>> import scoresde as sd
@@ -179,6 +205,7 @@ def from_config(config: Any) -> nn.Module:
         )
     name = config_field(config, "model.name")
     _compute_dtype(config, supported=name in ("ncsnpp", "ddpm"))
+    _group_norm_impl(config, supported=name in ("ncsnpp", "ddpm"))
     if name == "ncsnpp":
         return ncsnpp_from_config(config)
     elif name == "ddpm":
@@ -229,6 +256,7 @@ def ddpm_from_config(config: Any) -> nn.Module:
         sigma_max=float(f("sigma_max")),
         num_scales=int(f("num_scales")),
         dtype=_compute_dtype(config),
+        group_norm_impl=_group_norm_impl(config),
     )
 
 

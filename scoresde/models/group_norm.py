@@ -43,6 +43,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+__all__ = ["GroupNorm", "group_norm", "kernel_blocks"]
+
 Dtype = Any
 Impl = Literal["auto", "xla", "pallas"]
 
@@ -424,8 +426,9 @@ def group_norm(
         backward kernel (reverse mode only), ``False`` to keep forward mode.
       impl: ``"auto"`` (the kernel on CUDA GPUs for the shapes it covers up to
         ``AUTO_MAX_ROWS`` pixels, where it measured faster; XLA otherwise),
-        ``"xla"``, or ``"pallas"`` (the kernel wherever it is lowered; an error for shapes it
-        does not cover).
+        ``"xla"``, or ``"pallas"`` (the kernel for every shape it covers, on whatever platform
+        the program is lowered for: CUDA, or any with ``interpret``; XLA for the shapes it
+        does not cover, see :func:`kernel_blocks`).
       interpret: run the kernel in Pallas' interpreter (tests on a CPU).
       tile_elements, channel_block, num_warps: the kernel's tiling (benchmarks).
 
@@ -460,12 +463,6 @@ def group_norm(
     if impl == "auto" and x.ndim == 4 and x.shape[1] * x.shape[2] > AUTO_MAX_ROWS:
         return xla(x, scale, bias)
     if blocks is None:
-        if impl == "pallas":
-            raise ValueError(
-                f"group_norm: impl='pallas' needs a 4-D x with H*W, C and the group size "
-                f"C/num_groups powers of two; got shape {x.shape}, num_groups={num_groups}. "
-                f"Use impl='auto' to fall back to XLA."
-            )
         return xla(x, scale, bias)
     cfg = _KernelConfig(num_groups, epsilon, silu, out_dtype, *blocks, num_warps, bool(interpret))
     kernel = _kernel_reverse if train else _kernel_forward_mode
