@@ -151,6 +151,17 @@ def _errors(fwd, bwd, ref, args):
     return y_err, dx_err
 
 
+def _measure(f, groups, call, ref, args):
+    """(fwd ms, fwd+bwd ms per layer, y diff, dx diff) of one variant; ``ref`` None: itself."""
+    fwd, bwd = _compiled(f, groups, args.chain)
+    if ref is None:
+        ref = (np.asarray(fwd(*call[:3]), np.float32), np.asarray(bwd(*call)[0]))
+    y_err, dx_err = _errors(fwd, bwd, ref, call)
+    t_f = median_ms(fwd, *call[:3], repeats=args.repeats) / args.chain
+    t_b = median_ms(bwd, *call, repeats=args.repeats) / args.chain
+    return t_f, t_b, y_err, dx_err, ref
+
+
 def sweep(args, shapes) -> None:
     """Times the kernel's tilings at each shape (the choice of its defaults)."""
     print(
@@ -162,11 +173,8 @@ def sweep(args, shapes) -> None:
         for size, ch in shapes:
             groups = min(ch // 4, 32)
             call = _inputs(args.batch, size, ch, dtype)
-            ref_fwd, ref_bwd = _compiled(flax_gn, groups, args.chain)
-            ref = (np.asarray(ref_fwd(*call[:3]), np.float32), np.asarray(ref_bwd(*call)[0]))
+            t_f, t_b, _, _, ref = _measure(flax_gn, groups, call, None, args)
             seen = set()
-            t_f = median_ms(ref_fwd, *call[:3], repeats=args.repeats) / args.chain
-            t_b = median_ms(ref_bwd, *call, repeats=args.repeats) / args.chain
             print(
                 f"| {dtype_name} | {tuple(call[0].shape)} | flax | | | {t_f:.3f} | {t_b:.3f} | | |"
             )
@@ -184,10 +192,7 @@ def sweep(args, shapes) -> None:
                     channel_block=cb,
                     num_warps=warps,
                 )
-                fwd, bwd = _compiled(f, groups, args.chain)
-                y_err, dx_err = _errors(fwd, bwd, ref, call)
-                t_f = median_ms(fwd, *call[:3], repeats=args.repeats) / args.chain
-                t_b = median_ms(bwd, *call, repeats=args.repeats) / args.chain
+                t_f, t_b, y_err, dx_err, _ = _measure(f, groups, call, ref, args)
                 print(
                     f"| {dtype_name} | {tuple(call[0].shape)} | {blocks[0]} | {blocks[1]} | "
                     f"{warps} | {t_f:.3f} | {t_b:.3f} | {y_err:.1e} | {dx_err:.1e} |",
@@ -232,12 +237,7 @@ def main(argv=None):
                 f = VARIANTS[name]
                 if args.smoke and name.startswith("kernel"):
                     f = functools.partial(f, interpret=True)
-                fwd, bwd = _compiled(f, groups, args.chain)
-                if ref is None:
-                    ref = (np.asarray(fwd(*call[:3]), np.float32), np.asarray(bwd(*call)[0]))
-                y_err, dx_err = _errors(fwd, bwd, ref, call)
-                t_f = median_ms(fwd, *call[:3], repeats=args.repeats) / args.chain
-                t_b = median_ms(bwd, *call, repeats=args.repeats) / args.chain
+                t_f, t_b, y_err, dx_err, ref = _measure(f, groups, call, ref, args)
                 tensor_ms = call[0].size * dtype.itemsize / (args.bandwidth * 1e9) * 1e3
                 print(
                     f"| {dtype_name} | {tuple(call[0].shape)} | {name} | {t_f:.3f} | {t_b:.3f} | "

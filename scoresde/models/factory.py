@@ -67,6 +67,23 @@ def _as_int_tuple(value: Any, dotted: str) -> tuple[int, ...]:
 _COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+def _extension_choice(config: Any, field: str, choices: tuple[str, ...], supported: bool) -> str:
+    """The value of an optional ``model.<field>`` beyond the reference's configs.
+
+    Absent means ``choices[0]``, the default; families without the option
+    (``supported=False``) accept only the default.
+    """
+    value = config_field(config, f"model.{field}", choices[0])
+    allowed = choices if supported else choices[:1]
+    if value not in allowed:
+        family = config_field(config, "model.name", "?")
+        raise ValueError(
+            f"config: model.{field} must be one of {allowed} for model.name={family!r}, "
+            f"got {value!r}."
+        )
+    return value
+
+
 def _compute_dtype(config: Any, supported: bool = True) -> Any:
     """The compute dtype of ``model.dtype`` (an extension of the reference's configs).
 
@@ -78,14 +95,7 @@ def _compute_dtype(config: Any, supported: bool = True) -> Any:
       >>> _compute_dtype({"model": {"dtype": "bfloat16"}})
       dtype(bfloat16)
     """
-    name = config_field(config, "model.dtype", "float32")
-    allowed = _COMPUTE_DTYPES if supported else ("float32",)
-    if name not in allowed:
-        family = config_field(config, "model.name", "?")
-        raise ValueError(
-            f"config: model.dtype must be one of {allowed} for model.name={family!r}, got {name!r}."
-        )
-    return jnp.dtype(name)
+    return jnp.dtype(_extension_choice(config, "dtype", _COMPUTE_DTYPES, supported))
 
 
 def _group_norm_impl(config: Any, supported: bool = True) -> str:
@@ -101,15 +111,7 @@ def _group_norm_impl(config: Any, supported: bool = True) -> str:
     """
     from scoresde.models.group_norm import IMPLS
 
-    impl = config_field(config, "model.group_norm_impl", "auto")
-    allowed = IMPLS if supported else ("auto",)
-    if impl not in allowed:
-        family = config_field(config, "model.name", "?")
-        raise ValueError(
-            f"config: model.group_norm_impl must be one of {allowed} for model.name={family!r}, "
-            f"got {impl!r}."
-        )
-    return impl
+    return _extension_choice(config, "group_norm_impl", IMPLS, supported)
 
 
 def ncsnpp_from_config(config: Any) -> nn.Module:
