@@ -17,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from scoresde._utils import check_batch_time
@@ -36,6 +37,12 @@ class GaussianMixture:
       means: ``(K, D)`` component means.
       covs: ``(K, D, D)`` component covariances (symmetric positive definite).
       event_shape: shape of one sample, e.g. ``(2,)`` or ``(4, 4, 1)``; its size is ``D``.
+      eigvals, eigvecs: the eigendecomposition :math:`\Sigma_k = U_k \Lambda_k U_k^\top`,
+        ``(K, D)`` and ``(K, D, D)``; computed on the host at construction when ``covs`` is
+        concrete (leave them out). The diffused covariance :math:`a^2\Sigma_k + \sigma^2 I`
+        has the same eigenvectors, so scores and densities need only matrix products: no
+        per-sample factorization, and no LAPACK call under ``jit`` (two batched LAPACK calls
+        running at once can deadlock XLA's CPU thread pool on a 2-core machine).
 
     Example:
       >>> import jax, jax.numpy as jnp, scoresde as sd
@@ -50,8 +57,20 @@ class GaussianMixture:
     means: jax.Array
     covs: jax.Array
     event_shape: tuple[int, ...] = struct.field(pytree_node=False, default=None)
+    eigvals: jax.Array | None = None
+    eigvecs: jax.Array | None = None
 
     def __post_init__(self):
+        if self.eigvals is None or self.eigvecs is None:
+            try:
+                covs = np.asarray(self.covs)
+            except jax.errors.TracerArrayConversionError:  # built inside jit / vmap
+                lam, u = jnp.linalg.eigh(self.covs)
+            else:
+                lam, u = np.linalg.eigh(covs.astype(np.float64))
+                lam, u = jnp.asarray(lam.astype(covs.dtype)), jnp.asarray(u.astype(covs.dtype))
+            object.__setattr__(self, "eigvals", lam)
+            object.__setattr__(self, "eigvecs", u)
         if self.event_shape is None:
             object.__setattr__(self, "event_shape", (int(jnp.shape(self.means)[-1]),))
         k, d = jnp.shape(self.means)
@@ -90,29 +109,25 @@ class GaussianMixture:
         x = self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
         return x.reshape((n, *self.event_shape))
 
-    def _component_logpdf(self, x_flat, means, covs):
-        # x_flat (B, D); means (B, K, D); covs (B, K, D, D) -> (B, K)
-        return self._component_logpdf_chol(x_flat, means, jnp.linalg.cholesky(covs))
-
-    def _component_logpdf_chol(self, x_flat, means, chol):
-        # chol: the lower Cholesky factors of the covariances, (B, K, D, D)
-        diff = x_flat[:, None, :] - means
-        sol = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
-        logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        return -0.5 * (self.dim * _LOG_2PI + logdet + jnp.sum(sol**2, axis=-1))
-
-    def _marginal_params(self, sde: SDE | None, t: jax.Array | None, batch: int):
+    def _marginal(self, x_flat, sde: SDE | None, t: jax.Array | None):
+        """Per sample and component: the eigenbasis coordinates of ``mean - x`` and the
+        variances along them, ``(B, K, D)`` each, of the mixture or of its marginal ``p_t``."""
         if sde is None:
-            means = jnp.broadcast_to(self.means, (batch, *self.means.shape))
-            covs = jnp.broadcast_to(self.covs, (batch, *self.covs.shape))
-            return means, covs
-        ones = jnp.ones((t.shape[0], 1), dtype=self.means.dtype)
-        mean_coeff, std = sde.marginal_prob(ones, t)
-        a = mean_coeff[:, 0]
-        means = a[:, None, None] * self.means[None]
-        eye = jnp.eye(self.dim, dtype=self.means.dtype)
-        covs = (a**2)[:, None, None, None] * self.covs[None] + (std**2)[:, None, None, None] * eye
-        return means, covs
+            a = jnp.ones((x_flat.shape[0],), x_flat.dtype)
+            std = jnp.zeros_like(a)
+        else:
+            mean_coeff, std = sde.marginal_prob(jnp.ones((t.shape[0], 1), x_flat.dtype), t)
+            a = mean_coeff[:, 0]
+        var = (a**2)[:, None, None] * self.eigvals[None] + (std**2)[:, None, None]
+        diff = a[:, None, None] * self.means[None] - x_flat[:, None, :]
+        coords = jnp.einsum("kji,bkj->bki", self.eigvecs, diff)
+        return coords, var
+
+    def _log_resp(self, coords, var):
+        """(B, K): log w_k + log N_k(x)."""
+        quad = jnp.sum(coords**2 / var, axis=-1)
+        logdet = jnp.sum(jnp.log(var), axis=-1)
+        return jnp.log(self.weights) - 0.5 * (self.dim * _LOG_2PI + logdet + quad)
 
     def log_prob(
         self, x: jax.Array, sde: SDE | None = None, t: jax.Array | None = None
@@ -121,21 +136,14 @@ class GaussianMixture:
         x_flat = x.reshape((x.shape[0], -1))
         if sde is not None:
             check_batch_time(x, t, where="GaussianMixture.log_prob")
-        means, covs = self._marginal_params(sde, t, x.shape[0])
-        logpdf = self._component_logpdf(x_flat, means, covs)
-        return jax.nn.logsumexp(logpdf + jnp.log(self.weights), axis=-1)
+        return jax.nn.logsumexp(self._log_resp(*self._marginal(x_flat, sde, t)), axis=-1)
 
     def score(self, x: jax.Array, sde: SDE | None = None, t: jax.Array | None = None) -> jax.Array:
         r"""Exact score :math:`\nabla_x \log p_t(x) = \sum_k r_k(x)\,C_k^{-1}(m_k - x)`."""
         x_flat = x.reshape((x.shape[0], -1))
-        means, covs = self._marginal_params(sde, t, x.shape[0])
-        # One Cholesky factorization serves the densities and the solve (a second, LU-based
-        # solve next to it could deadlock XLA's CPU thread pool on 2-core machines).
-        chol = jnp.linalg.cholesky(covs)
-        logpdf = self._component_logpdf_chol(x_flat, means, chol)
-        resp = jax.nn.softmax(logpdf + jnp.log(self.weights), axis=-1)  # (B, K)
-        diff = means - x_flat[:, None, :]
-        precision_diff = jax.scipy.linalg.cho_solve((chol, True), diff[..., None])[..., 0]
+        coords, var = self._marginal(x_flat, sde, t)
+        resp = jax.nn.softmax(self._log_resp(coords, var), axis=-1)  # (B, K)
+        precision_diff = jnp.einsum("kij,bkj->bki", self.eigvecs, coords / var)
         s = jnp.sum(resp[..., None] * precision_diff, axis=1)
         return s.reshape(x.shape)
 

@@ -12,16 +12,18 @@ group :math:`g`,
 
 with :math:`n = HW C/G` and :math:`\phi` the identity or SiLU, :math:`u \sigma(u)`.
 
-XLA computes this as a reduction of ``(B, H, W, G, C/G)`` followed by an elementwise pass,
-several times slower than the memory traffic requires (``docs/benchmarks.md``). On CUDA GPUs
-:func:`group_norm` instead runs a Pallas (Triton) kernel per example and block of channels
-that reads :math:`x` once for the statistics (sums of :math:`x - k`, :math:`k` the first
-chunk's group means: the shifted-data variance formula, accurate where the plain
-:math:`E[x^2] - E[x]^2` would cancel) and once more, mostly from L2, to write :math:`y`;
-the backward kernel reads :math:`x` and the cotangent twice and writes :math:`\partial L/\partial x` once, recomputing
-:math:`\hat x` and :math:`\phi'` instead of storing them. Elsewhere (CPU, TPU, shapes the
-kernel does not cover) the same function is computed with ``jax.numpy`` exactly as
-``flax.linen.GroupNorm`` does.
+XLA computes this as a reduction of ``(B, H, W, G, C/G)`` and an elementwise pass (two to
+three times the memory floor on an H200 at 32x32, more in several launches at small sizes).
+:func:`group_norm` can instead run a Pallas (Triton) kernel on CUDA GPUs, one program per
+example and block of whole groups, in one launch: it reads :math:`x` once for the
+statistics (sums of :math:`x - k`, :math:`k` the first chunk's group means: the
+shifted-data variance formula, accurate where the plain :math:`E[x^2] - E[x]^2` cancels)
+and a second time to write :math:`y`. The backward kernel reads :math:`x` and the cotangent
+twice and writes :math:`\partial L/\partial x` once, recomputing :math:`\hat x` and
+:math:`\phi'` instead of storing them. ``impl="auto"`` takes the kernel where it measured
+faster than XLA (feature maps of at most ``AUTO_MAX_ROWS`` pixels, ``docs/benchmarks.md``).
+Elsewhere (CPU, TPU, larger maps, shapes the kernel does not cover) the function is computed
+with ``jax.numpy`` exactly as ``flax.linen.GroupNorm`` does.
 
 Differentiation: with ``train=True`` the kernel's gradient is the hand-written backward
 kernel (a ``jax.custom_vjp``: reverse mode only, as a training step needs); with
@@ -79,7 +81,7 @@ def kernel_blocks(
     A program of the kernel normalizes one example's block of whole groups, ``channel
     block`` channels wide (at least ``ROW_BYTES`` per row, a power of two dividing ``C``),
     walking its ``H W`` rows in chunks of ``rows`` (a power of two). None where the kernel
-    does not apply: not 4-D, ``H W`` or the group size not a power of two.
+    does not apply: not 4-D, or ``H W``, ``C`` or the group size not a power of two.
 
     Example:
       >>> kernel_blocks((128, 32, 32, 256), 32, 2)
