@@ -90,7 +90,8 @@ class DDPM(nn.Module):
       sigma_min, sigma_max, num_scales: the noise levels used by ``scale_by_sigma``.
       dtype: the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
       group_norm_impl: GroupNorm's implementation, ``'auto'`` (a fused GroupNorm + SiLU
-        kernel on CUDA GPUs, XLA elsewhere), ``'xla'`` or ``'pallas'``
+        kernel on CUDA GPUs for feature maps of 16x16 and smaller, where it is faster; XLA
+        elsewhere), ``'xla'`` or ``'pallas'``
         (:func:`scoresde.models.group_norm.group_norm`).
 
     Call: ``model.apply(variables, x, labels, train=False)`` with ``x: (B, H, W, C)``,

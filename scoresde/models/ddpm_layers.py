@@ -32,7 +32,7 @@ def group_norm(
     impl: Impl = "auto",
 ) -> GroupNorm:
     """GroupNorm as the reference's ``torch.nn.GroupNorm(32, eps=1e-6)`` (two-pass variance),
-    then ``act`` (GroupNorm + SiLU fused on GPUs, :mod:`scoresde.models.group_norm`)."""
+    then ``act`` (GroupNorm + SiLU can be fused on GPUs, :mod:`scoresde.models.group_norm`)."""
     return GroupNorm(
         num_groups=DDPM_GROUPS,
         epsilon=GROUPNORM_EPS,

@@ -60,8 +60,8 @@ def group_norm(
 ) -> GroupNorm:
     """A GroupNorm with :func:`num_groups` groups and epsilon ``1e-6``, then ``act``.
 
-    GroupNorm + SiLU is one fused kernel on GPUs (:mod:`scoresde.models.group_norm`);
-    ``impl`` chooses the implementation.
+    GroupNorm + SiLU can run as one fused kernel on CUDA GPUs
+    (:mod:`scoresde.models.group_norm`); ``impl`` chooses the implementation.
     """
     return GroupNorm(
         num_groups=num_groups(channels),

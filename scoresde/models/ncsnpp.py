@@ -85,7 +85,8 @@ class NCSNpp(nn.Module):
         ``scale_by_sigma`` with the positional embedding.
       dtype: the compute dtype (parameters stay float32; the output has the input's dtype).
       group_norm_impl: GroupNorm's implementation, ``'auto'`` (a fused GroupNorm + SiLU
-        kernel on CUDA GPUs, XLA elsewhere), ``'xla'`` or ``'pallas'``
+        kernel on CUDA GPUs for feature maps of 16x16 and smaller, where it is faster; XLA
+        elsewhere), ``'xla'`` or ``'pallas'``
         (:func:`scoresde.models.group_norm.group_norm`); the function is the same.
 
     Example:
