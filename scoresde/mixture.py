@@ -13,6 +13,7 @@ the likelihood and the losses, and a handy toy problem for research code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -39,7 +40,8 @@ class GaussianMixture:
       event_shape: shape of one sample, e.g. ``(2,)`` or ``(4, 4, 1)``; its size is ``D``.
       eigvals, eigvecs: the eigendecomposition :math:`\Sigma_k = U_k \Lambda_k U_k^\top`,
         ``(K, D)`` and ``(K, D, D)``; computed on the host at construction when ``covs`` is
-        concrete (leave them out). The diffused covariance :math:`a^2\Sigma_k + \sigma^2 I`
+        concrete, else traced (leave them out; ``replace(covs=...)`` recomputes them). The
+        diffused covariance :math:`a^2\Sigma_k + \sigma^2 I`
         has the same eigenvectors, so scores and densities need only matrix products: no
         per-sample factorization, and no LAPACK call under ``jit`` (two batched LAPACK calls
         running at once can deadlock XLA's CPU thread pool on a 2-core machine).
@@ -155,3 +157,15 @@ class GaussianMixture:
             return self.score(x, sde, t)
 
         return score_fn
+
+
+def _replace(self: GaussianMixture, **updates) -> GaussianMixture:
+    """A copy with fields replaced; new ``covs`` without a new decomposition get a fresh one
+    (flax's ``replace`` would carry the old ``eigvals`` / ``eigvecs`` over)."""
+    if "covs" in updates:
+        updates.setdefault("eigvals", None)
+        updates.setdefault("eigvecs", None)
+    return dataclasses.replace(self, **updates)
+
+
+GaussianMixture.replace = _replace
