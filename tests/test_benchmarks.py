@@ -67,6 +67,35 @@ def test_suite_smoke_forward_train_pc(capsys, tmp_path):
     assert pc["nfe"] == 2 * (pc["num_steps"] - 1) + 1
 
 
+def test_suite_group_norm_ab_on_host_drawn_weights(capsys):
+    """``--group-norm-impls xla,auto --init numpy``: one record per implementation over the
+    same host-drawn weights; on a CPU "auto" is the XLA path, so the outputs agree exactly."""
+    suite.main(
+        ["--smoke", "--models", "ddpmpp_vp", "--dtypes", "float32", "--benches", "forward"]
+        + ["--group-norm-impls", "xla,auto", "--init", "numpy"]
+    )
+    records = _records(capsys.readouterr().out)
+    assert [r["group_norm_impl"] for r in records] == ["xla", "auto"]
+    assert all(r["init"] == "numpy" and r["finite"] for r in records)
+    assert records[1]["rel_diff_vs_first_impl"] == 0.0
+    assert records[0]["hlo_custom_calls"] == records[1]["hlo_custom_calls"]
+
+
+def test_numpy_init_draws_the_documented_distributions():
+    shapes = {
+        "Conv_0": {"kernel": jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.float32)},
+        "GroupNorm_0": {"scale": jax.ShapeDtypeStruct((64,), jnp.float32),
+                        "bias": jax.ShapeDtypeStruct((64,), jnp.float32)},
+        "W": jax.ShapeDtypeStruct((20000,), jnp.float32),
+    }  # fmt: skip
+    v = suite.numpy_init(shapes, fourier_scale=16.0)
+    # fan-average uniform: variance limit^2 / 3 = 1 / fan_avg, fan_avg = 9 * (64 + 128) / 2;
+    # 73,728 draws give the variance to ~0.5%, so 3% is far outside sampling noise.
+    assert float(jnp.var(v["Conv_0"]["kernel"])) == pytest.approx(1 / (9 * 96), rel=0.03)
+    assert bool(jnp.all(v["GroupNorm_0"]["scale"] == 1) & jnp.all(v["GroupNorm_0"]["bias"] == 0))
+    assert float(jnp.std(v["W"])) == pytest.approx(16.0, rel=0.03)
+
+
 def test_suite_auto_state_layout_trains_the_same(capsys):
     """``--state-layout auto`` stores the state in XLA-chosen layouts: the same program, so the
     same losses (on a CPU both layouts are row-major and the runs agree exactly)."""
