@@ -11,6 +11,7 @@ resolution level, no attention) so that compiling it stays cheap.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -38,30 +39,56 @@ TINY = [
 ]
 
 
-#: JAX settings of the persistent compilation cache used by the end-to-end test.
+#: JAX's process-wide settings of the persistent compilation cache, which ``cli.main`` sets.
 _CACHE_SETTINGS = (
+    "jax_enable_compilation_cache",
     "jax_compilation_cache_dir",
     "jax_persistent_cache_min_compile_time_secs",
     "jax_persistent_cache_min_entry_size_bytes",
 )
 
 
-@pytest.fixture
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for one test, so that each command of the run
-    (resumed training, sampling, evaluation) reuses what an earlier one compiled; the
-    previous settings are restored afterwards."""
+@pytest.fixture(autouse=True)
+def restore_cache_settings():
+    """Every test starts without a persistent compilation cache (as a new user's shell, without
+    ``JAX_COMPILATION_CACHE_DIR``) and leaves JAX's settings as it found them: ``cli.main``
+    points the cache at the workdir, which must not outlive the test."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     old = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS}
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_enable_compilation_cache", True)
     cc.reset_cache()
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     yield
     for name, value in old.items():
         jax.config.update(name, value)
     cc.reset_cache()
+
+
+@pytest.fixture
+def cache_everything():
+    """Cache every compiled program, however small or quick to compile (the tiny test
+    network's would fall under JAX's 1 s threshold), so that each command of the end-to-end
+    run (resumed training, sampling, evaluation) reuses what an earlier one compiled."""
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+class _CacheHits:
+    """Counts JAX's persistent-cache hits while registered."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event: str, **kwargs) -> None:
+        self.count += event == "/jax/compilation_cache/cache_hits"
+
+    def __enter__(self):
+        jax.monitoring.register_event_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_listener(self)
 
 
 def _run(command: str, workdir: pathlib.Path, *extra: str) -> int:
@@ -77,20 +104,26 @@ def _saved_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(found)
 
 
-def test_end_to_end(tmp_path, compilation_cache):
+def test_end_to_end(tmp_path, cache_everything):
     workdir = tmp_path / "run"
     before = set(tmp_path.iterdir())
 
-    # train two steps: a snapshot at step 2, a sample grid, log file, TensorBoard events
+    # train two steps: a snapshot at step 2, a sample grid, log file, TensorBoard events;
+    # the compiled programs in the workdir's persistent compilation cache (the default)
     assert _run("train", workdir, "--config.training.n_iters=2", "--nofinal_bpd") == 0
+    assert jax.config.jax_compilation_cache_dir == os.path.abspath(workdir / "compilation_cache")
+    assert any((workdir / "compilation_cache").iterdir())
     assert _saved_steps(workdir) == [2]
     assert (workdir / "samples" / "step_2.png").is_file()
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     log = (workdir / "log.txt").read_text()
     assert "step 2: loss" in log and "train done: step 2/2" in log
 
-    # resume to four steps: the run continues at step 3, never re-runs steps 1-2
-    assert _run("train", workdir, "--config.training.n_iters=4", "--nofinal_bpd") == 0
+    # resume to four steps: the run continues at step 3, never re-runs steps 1-2, and
+    # loads the train step compiled by the first run instead of compiling it again
+    with _CacheHits() as hits:
+        assert _run("train", workdir, "--config.training.n_iters=4", "--nofinal_bpd") == 0
+    assert hits.count >= 1
     assert _saved_steps(workdir) == [2, 4]
     log = (workdir / "log.txt").read_text()
     assert "resuming from step 2" in log
@@ -134,6 +167,42 @@ def test_end_to_end(tmp_path, compilation_cache):
 
     # nothing was written outside the workdir
     assert set(tmp_path.iterdir()) - before == {workdir}
+
+
+def test_configure_compilation_cache(tmp_path, monkeypatch):
+    """Precedence: an explicit directory, else JAX's own setting, else the workdir's; 'none'
+    turns the cache off and keeps it off; the empty string is refused."""
+    configure = cli.configure_compilation_cache
+    workdir = tmp_path / "run"
+    assert configure(None, workdir) == str(workdir / "compilation_cache")
+    assert jax.config.jax_compilation_cache_dir == str(workdir / "compilation_cache")
+    # JAX's setting (here the one just made; equally JAX_COMPILATION_CACHE_DIR) wins over
+    # another workdir's default
+    assert configure(None, tmp_path / "other") == str(workdir / "compilation_cache")
+    # an explicit directory wins over JAX's setting; "~" is expanded, relative paths anchored
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert configure("~/jax", workdir) == str(tmp_path / "home" / "jax")
+    monkeypatch.chdir(tmp_path)
+    assert configure("rel", workdir) == str(tmp_path / "rel")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "rel")
+    assert configure("none", workdir) is None
+    assert not jax.config.jax_enable_compilation_cache
+    assert configure(None, workdir) is None  # off stays off
+    assert configure("/x/y", workdir) == "/x/y" and jax.config.jax_enable_compilation_cache
+    with pytest.raises(cli.UsageError, match="--compilation_cache must be a directory or 'none'"):
+        configure("", workdir)
+
+
+def test_compilation_cache_none_compiles_without_writing(tmp_path, cache_everything):
+    """With the cache on, a compiled program lands in the directory; after 'none' it does not."""
+    cache = tmp_path / "cache"
+    cli.configure_compilation_cache(str(cache), tmp_path)
+    jax.jit(lambda x: x * 3.0 + 1.0)(np.ones(3, np.float32)).block_until_ready()
+    n = len(list(cache.iterdir()))
+    assert n >= 1
+    cli.configure_compilation_cache("none", tmp_path)
+    jax.jit(lambda x: x * 5.0 - 2.0)(np.ones(3, np.float32)).block_until_ready()
+    assert len(list(cache.iterdir())) == n
 
 
 def test_parse_command_line():
