@@ -19,6 +19,7 @@ import pytest
 BENCH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "benchmarks")
 sys.path.insert(0, os.path.abspath(BENCH_DIR))
 
+import compile_bench  # noqa: E402
 import fir_bench  # noqa: E402
 import groupnorm_bench  # noqa: E402
 import profile_step  # noqa: E402
@@ -107,6 +108,33 @@ def test_suite_auto_state_layout_trains_the_same(capsys):
         assert rec["state_layout"] == layout
         losses[layout] = (rec["first_loss"], rec["loss"])
     np.testing.assert_allclose(losses["auto"], losses["default"], rtol=1e-6)
+
+
+def test_compile_bench_counts_and_the_update_grows_per_leaf():
+    """The instruction counters on a program of known size, and the claim the compile
+    breakdown rests on: the update adds instructions per parameter leaf. ``sgd_step`` exceeds
+    ``grad`` by the gradient all-reduce, SGD and EMA of every leaf (19 per leaf for this
+    network), ``step`` exceeds ``sgd_step`` by the clip and Adam (29 per leaf); the bounds are
+    a quarter and a third of that, so an update whose size does not grow with the number of
+    leaves fails. The warm-up differs from ``grad`` by its one multiply."""
+    lowered = jax.jit(lambda x: -(x * 2.0)).lower(jnp.ones(3))
+    # constant, broadcast, multiply, negate
+    assert compile_bench.count_stablehlo_operations(lowered.as_text()) == 4
+    # the same four and the parameter
+    assert compile_bench.count_hlo_instructions(lowered.as_text(dialect="hlo")) == 5
+
+    config = suite.load_config(
+        suite.CONFIGS["ddpmpp_vp"] + ":smoke", ["model.nf=8", "model.ch_mult=(1,)"]
+    )
+    programs = compile_bench.build_programs(config, "float32", 2, "auto")
+    leaves = len(jax.tree.leaves(programs["grad"][1][0]))
+    ops = {
+        name: compile_bench.count_stablehlo_operations(fn.lower(*args).as_text())
+        for name, (fn, args) in programs.items()
+    }
+    assert 1 <= ops["warmup"] - ops["grad"] <= 4
+    assert ops["sgd_step"] - ops["grad"] >= 5 * leaves
+    assert ops["step"] - ops["sgd_step"] >= 10 * leaves
 
 
 def test_fir_bench_smoke_implementations_agree(capsys):

@@ -1,0 +1,175 @@
+r"""Where the train step's compile time goes: the network's gradient against the whole step.
+
+The cold compile of the NCSN++ float32 train step is ~70 s on an H200 at one step per call,
+~11 s of it autotuning (``docs/benchmarks.md``, fifth round). Of the ~36,000 non-trivial
+instructions of the lowered step, ~22,000 act on parameter-shaped tensors: the gradient
+norm, clipping, Adam, the learning rate, the update and the EMA, one set per each of ~560
+leaves. This script compiles, one after another in one process (one step per call, one device):
+
+- ``warmup``: the gradient program, to fill XLA's in-memory autotune results, so that
+  the measured compiles below share them and none of them pays the convolutions' autotuning;
+- ``grad``: ``jax.value_and_grad`` of the training loss (the network's forward and backward,
+  no parameter update);
+- ``sgd_step``: :func:`scoresde.make_train_step` with ``optax.sgd`` (one multiply-add per
+  parameter, plus the EMA);
+- ``step``: :func:`scoresde.make_train_step` with :func:`scoresde.make_optimizer` (global-norm
+  clip, Adam, learning-rate warm-up), the suite's train step.
+
+Each row: the time to lower (trace to StableHLO) and to compile, and the instruction counts of
+the lowered and of the optimized program. ``step - grad`` is what the per-leaf update costs the
+compiler. Nothing runs on the device; compiling needs no weights (abstract shapes).
+
+GPU run (``.whl`` carried, as for the suite)::
+
+    PYTHONPATH=. python experiments/benchmarks/compile_bench.py --out $OUT/compile.jsonl
+
+CPU smoke run (the config's ``smoke`` network)::
+
+    PYTHONPATH=. python experiments/benchmarks/compile_bench.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import scoresde as sd
+from scoresde.config_loading import load_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from suite import CONFIGS, emit, network_variant, sde_from_model_config  # noqa: E402
+
+#: An HLO instruction line: ``name = type op(...)`` (also ``ROOT name = ...``).
+_HLO_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?[\w.\-]+\s*=", re.M)
+#: A StableHLO operation line: ``%x = stablehlo.op ...`` or a bare ``stablehlo.op``.
+_MLIR_OPERATION = re.compile(r"^\s*(%[\w#:, ]+=\s*)?\"?(stablehlo|chlo|mhlo|sdy)\.", re.M)
+
+
+def count_hlo_instructions(hlo_text: str) -> int:
+    """Instructions of an HLO module's text (every computation, fusions' bodies included).
+
+    Example:
+      >>> count_hlo_instructions("ENTRY e {\\n  p = f32[] parameter(0)\\n  ROOT n = f32[] negate(p)\\n}")
+      2
+    """
+    return len(_HLO_INSTRUCTION.findall(hlo_text))
+
+
+def count_stablehlo_operations(mlir_text: str) -> int:
+    """Operations of a StableHLO module's text.
+
+    Example:
+      >>> count_stablehlo_operations("%0 = stablehlo.add %a, %b : tensor<f32>\\nreturn %0")
+      1
+    """
+    return len(_MLIR_OPERATION.findall(mlir_text))
+
+
+def build_programs(config, dtype_name: str, batch: int, group_norm_impl: str):
+    """``{name: (jitted function, abstract arguments)}``: ``warmup``, ``grad``, ``sgd_step``, ``step``."""
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    base = sd.models.from_config(config)
+    model = network_variant(base, dtype_name, group_norm_impl)
+    init = functools.partial(base.init, train=False)
+    variables = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones(1))
+    params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+    loss_fn = sd.losses.get_model_loss_fn(
+        sde_from_model_config(config),
+        model,
+        continuous=bool(config.training.continuous),
+        reduce_mean=bool(config.training.reduce_mean),
+        likelihood_weighting=bool(config.training.likelihood_weighting),
+    )
+    images = jax.ShapeDtypeStruct((batch, size, size, ch), jnp.float32)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+
+    def half_loss(*loss_args):
+        loss, aux = loss_fn(*loss_args)
+        return 0.5 * loss, aux
+
+    grad_args = (params, model_state, {"image": images}, keys)
+    programs = {
+        # the same convolutions as ``grad`` in a program of its own (a multiply more), so that
+        # JAX's in-memory cache of compiled programs cannot serve ``grad`` from it
+        "warmup": (jax.jit(jax.value_and_grad(half_loss, has_aux=True)), grad_args),
+        "grad": (jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), grad_args),
+    }
+    mesh = sd.data_mesh(jax.devices()[:1])
+    optimizers = {
+        "sgd_step": optax.sgd(2e-4),
+        "step": sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0),
+    }
+    for name, optimizer in optimizers.items():
+        step = sd.make_train_step(loss_fn, optimizer, ema_rate=0.9999, mesh=mesh)
+        state = jax.eval_shape(
+            functools.partial(sd.TrainState.create, optimizer=optimizer, rng=0), params
+        )
+        programs[name] = (step.fn, (state, {"image": images}))
+    return programs
+
+
+def compile_row(name: str, fn, args) -> dict:
+    t0 = time.perf_counter()
+    lowered = fn.lower(*args)
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    return {
+        "program": name,
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "stablehlo_ops": count_stablehlo_operations(lowered.as_text()),
+        "optimized_hlo_instructions": count_hlo_instructions(compiled.as_text()),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="ncsnpp_ve", choices=sorted(CONFIGS))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--group-norm-impl", default="auto", choices=("auto", "xla", "pallas"))
+    p.add_argument("--smoke", action="store_true", help="the config's smoke network, batch 4")
+    p.add_argument(
+        "--programs",
+        default="warmup,grad,step,sgd_step",
+        help="comma-separated, compiled in this order",
+    )
+    p.add_argument("--out", default=None, help="JSON lines file (appended)")
+    args = p.parse_args(argv)
+    spec = CONFIGS[args.model] + (":smoke" if args.smoke else "")
+    config = load_config(spec)
+    batch = 4 if args.smoke else args.batch
+    programs = build_programs(config, args.dtype, batch, args.group_norm_impl)
+    common = {
+        "bench": "compile",
+        "model": args.model + ("-smoke" if args.smoke else ""),
+        "dtype": args.dtype,
+        "group_norm_impl": args.group_norm_impl,
+        "batch": batch,
+    }
+    names = args.programs.split(",")
+    for name in names:
+        if name not in programs:
+            p.error(f"--programs: unknown program {name!r}; choose from {sorted(programs)}")
+    out = open(args.out, "a") if args.out else None  # noqa: SIM115
+    try:
+        for name in names:
+            fn, fn_args = programs[name]
+            emit({**common, **compile_row(name, fn, fn_args)}, out)
+    finally:
+        if out is not None:
+            out.close()
+
+
+if __name__ == "__main__":
+    main()
