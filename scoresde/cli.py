@@ -218,6 +218,11 @@ def load_cli_config(spec: str, overrides: Sequence[str] = ()):
     return config
 
 
+#: The workdir default this module last gave JAX, so that a later command in the same process
+#: (another workdir) replaces it rather than taking it for the user's own setting.
+_DEFAULT_CACHE_SET: list[str | None] = [None]
+
+
 def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike) -> str | None:
     """Points JAX's persistent compilation cache at a directory, or turns it off.
 
@@ -229,8 +234,8 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
     only the command line calls it.
 
     Args:
-      setting: ``None``: JAX's own setting if one is made (``JAX_COMPILATION_CACHE_DIR``, or
-        ``jax.config``; an explicitly disabled cache stays off), else
+      setting: ``None``: JAX's own setting if the user made one (``JAX_COMPILATION_CACHE_DIR``,
+        or ``jax.config``; an explicitly disabled cache stays off), else
         ``WORKDIR/compilation_cache``; ``"none"``: no persistent cache; any other string:
         that directory.
       workdir: the run directory.
@@ -258,18 +263,20 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
 
     if setting == "":
         raise UsageError("--compilation_cache must be a directory or 'none', got the empty string.")
+    current = jax.config.jax_compilation_cache_dir
     if setting is None:
         if not jax.config.jax_enable_compilation_cache:
             return None
-        if jax.config.jax_compilation_cache_dir:
-            return jax.config.jax_compilation_cache_dir
+        if current and current != _DEFAULT_CACHE_SET[0]:
+            return current  # the user's (or JAX_COMPILATION_CACHE_DIR's), not an earlier default
         setting = str(pathlib.Path(workdir) / COMPILATION_CACHE_DIR)
+        _DEFAULT_CACHE_SET[0] = os.path.abspath(os.path.expanduser(setting))
     if setting.lower() == "none":
         jax.config.update("jax_enable_compilation_cache", False)
         cc.reset_cache()
         return None
     path = os.path.abspath(os.path.expanduser(setting))
-    if path != jax.config.jax_compilation_cache_dir or not jax.config.jax_enable_compilation_cache:
+    if path != current or not jax.config.jax_enable_compilation_cache:
         jax.config.update("jax_enable_compilation_cache", True)
         cc.set_cache_dir(path)
         cc.reset_cache()  # a cache opened earlier in this process stays open otherwise

@@ -176,9 +176,11 @@ def test_configure_compilation_cache(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     assert configure(None, workdir) == str(workdir / "compilation_cache")
     assert jax.config.jax_compilation_cache_dir == str(workdir / "compilation_cache")
-    # JAX's setting (here the one just made; equally JAX_COMPILATION_CACHE_DIR) wins over
-    # another workdir's default
-    assert configure(None, tmp_path / "other") == str(workdir / "compilation_cache")
+    # a later command of the same process on another workdir moves the default along
+    assert configure(None, tmp_path / "other") == str(tmp_path / "other" / "compilation_cache")
+    # the user's own setting (jax.config, or JAX_COMPILATION_CACHE_DIR) wins over the default
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+    assert configure(None, workdir) == str(tmp_path / "mine")
     # an explicit directory wins over JAX's setting; "~" is expanded, relative paths anchored
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert configure("~/jax", workdir) == str(tmp_path / "home" / "jax")
