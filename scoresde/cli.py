@@ -229,8 +229,11 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
     JAX then writes every program that took at least
     ``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile into the
     directory, keyed by the program, the devices and the JAX/XLA versions, and a later process
-    loads it instead of compiling. An entry cut short by a kill is reported as a warning and
-    compiled again; it never stops a run. This changes process-wide JAX settings, which is why
+    loads it instead of compiling. On GPUs JAX also keeps XLA's autotuning results there, one
+    per fusion (``jax_persistent_cache_enable_xla_caches``), so that a new program whose
+    convolutions were tuned before (the sampler after training, a changed config) skips their
+    autotuning. An entry cut short by a kill is reported as a warning and compiled again; it
+    never stops a run. This changes process-wide JAX settings, which is why
     only the command line calls it.
 
     Args:
