@@ -109,6 +109,12 @@ def emit(record: dict, out) -> None:
         out.flush()
 
 
+def progress(message: str) -> None:
+    """A time-stamped line on stderr, so that a run cut off by a time limit shows how far it got
+    (the JSON line of a measurement is only written at its end)."""
+    print(f"# {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
 def local_value(x: jax.Array) -> np.ndarray:
     """This process's copy of a replicated array (also when other processes hold the rest)."""
     return np.asarray(x.addressable_data(0))
@@ -191,9 +197,12 @@ def bench_forward(name, config, args, out):
         args.dtypes.split(","), args.group_norm_impls.split(","), args.batches
     ):
         jf, call_args = build_forward(config, dtype_name, batch, gn, args.init)
+        what = f"forward {name} {dtype_name} {gn} b{batch}"
+        progress(f"{what}: compiling")
         t0 = time.perf_counter()
         compiled = jf.lower(*call_args).compile()
         compile_s = time.perf_counter() - t0
+        progress(f"{what}: compiled in {compile_s:.1f} s")
         mem = compiled.memory_analysis()
         temp_gib = None if mem is None else mem.temp_size_in_bytes / 2**30
         hlo = compiled.as_text() or ""
@@ -333,12 +342,15 @@ def bench_train(name, config, args, out):
         step, state, batch_arr = build_train(
             config, dtype_name, args.train_batch, n, devices, gn, args.init
         )
+        what = f"train {name} {dtype_name} {gn} x{devices}"
+        progress(f"{what}: compiling")
         t0 = time.perf_counter()
         if args.state_layout == "auto":
             compiled, state = compile_with_auto_state_layout(step, state, batch_arr)
         else:
             compiled = step.fn.lower(state, batch_arr).compile()
         compile_s = time.perf_counter() - t0
+        progress(f"{what}: compiled in {compile_s:.1f} s")
         flops_per_img = None
         try:
             f = _flops(compiled)
@@ -349,6 +361,7 @@ def bench_train(name, config, args, out):
         state, metrics = compiled(state, batch_arr)
         jax.block_until_ready(metrics)
         first_s = time.perf_counter() - t0
+        progress(f"{what}: first call {first_s:.2f} s; timing {args.repeats} calls twice")
         first_loss = float(local_value(metrics["loss"]).ravel()[0])
         # Synchronized: one call at a time (the device idles while the host dispatches).
         times, dispatch = [], []
