@@ -233,7 +233,8 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
     per fusion (``jax_persistent_cache_enable_xla_caches``), so that a new program whose
     convolutions were tuned before (the sampler after training, a changed config) skips their
     autotuning. An entry cut short by a kill is reported as a warning and compiled again; it
-    never stops a run. This changes process-wide JAX settings, which is why
+    never stops a run. In a multi-host run only process 0 writes entries (JAX's rule); the
+    others read them where the directory is shared. This changes process-wide JAX settings, which is why
     only the command line calls it.
 
     Args:
