@@ -6,7 +6,7 @@ instructions of the lowered step, ~22,000 act on parameter-shaped tensors: the g
 norm, clipping, Adam, the learning rate, the update and the EMA, one set per each of ~560
 leaves. This script compiles, one after another in one process (one step per call, one device):
 
-- ``warmup``: the gradient program, to fill XLA's in-memory autotune results, so that
+- ``warmup``: the gradient of half the loss, to fill XLA's in-memory autotune results, so that
   the measured compiles below share them and none of them pays the convolutions' autotuning;
 - ``grad``: ``jax.value_and_grad`` of the training loss (the network's forward and backward,
   no parameter update);
@@ -43,6 +43,7 @@ import optax
 
 import scoresde as sd
 from scoresde.config_loading import load_config
+from scoresde.experiment import loss_fn_from_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from suite import CONFIGS, emit, network_variant, sde_from_model_config  # noqa: E402
@@ -81,13 +82,7 @@ def build_programs(config, dtype_name: str, batch: int, group_norm_impl: str):
     init = functools.partial(base.init, train=False)
     variables = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.ones(1))
     params, model_state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
-    loss_fn = sd.losses.get_model_loss_fn(
-        sde_from_model_config(config),
-        model,
-        continuous=bool(config.training.continuous),
-        reduce_mean=bool(config.training.reduce_mean),
-        likelihood_weighting=bool(config.training.likelihood_weighting),
-    )
+    loss_fn = loss_fn_from_config(config, sde_from_model_config(config), model)
     images = jax.ShapeDtypeStruct((batch, size, size, ch), jnp.float32)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
 

@@ -60,6 +60,7 @@ import numpy as np
 
 import scoresde as sd
 from scoresde.config_loading import load_config
+from scoresde.experiment import loss_fn_from_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -275,13 +276,7 @@ def build_train(
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     base, variables = init_network(config, init)
     model = network_variant(base, dtype_name, group_norm_impl)
-    loss_fn = sd.losses.get_model_loss_fn(
-        sde,
-        model,
-        continuous=bool(config.training.continuous),
-        reduce_mean=bool(config.training.reduce_mean),
-        likelihood_weighting=bool(config.training.likelihood_weighting),
-    )
+    loss_fn = loss_fn_from_config(config, sde, model)
     optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
     mesh = sd.data_mesh(jax.devices()[:devices])
     step = sd.make_train_step(
