@@ -220,7 +220,7 @@ def load_cli_config(spec: str, overrides: Sequence[str] = ()):
 
 #: The workdir default this module last gave JAX, so that a later command in the same process
 #: (another workdir) replaces it rather than taking it for the user's own setting.
-_DEFAULT_CACHE_SET: list[str | None] = [None]
+_default_cache_dir: str | None = None
 
 
 def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike) -> str | None:
@@ -262,6 +262,7 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
       >>> jax.config.update("jax_compilation_cache_dir", saved[0])
       >>> jax.config.update("jax_enable_compilation_cache", saved[1]); cc.reset_cache()
     """
+    global _default_cache_dir
     import jax
     from jax.experimental.compilation_cache import compilation_cache as cc
 
@@ -271,10 +272,10 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
     if setting is None:
         if not jax.config.jax_enable_compilation_cache:
             return None
-        if current and current != _DEFAULT_CACHE_SET[0]:
+        if current and current != _default_cache_dir:
             return current  # the user's (or JAX_COMPILATION_CACHE_DIR's), not an earlier default
         setting = str(pathlib.Path(workdir) / COMPILATION_CACHE_DIR)
-        _DEFAULT_CACHE_SET[0] = os.path.abspath(os.path.expanduser(setting))
+        _default_cache_dir = os.path.abspath(os.path.expanduser(setting))
     if setting.lower() == "none":
         jax.config.update("jax_enable_compilation_cache", False)
         cc.reset_cache()
