@@ -137,6 +137,29 @@ def test_compile_bench_counts_and_the_update_grows_per_leaf():
     assert ops["step"] - ops["sgd_step"] >= 10 * leaves
 
 
+def test_compile_bench_trace_summary_adds_up(tmp_path):
+    """The trace summary of a real compile: per pool, the self times of all events add up to
+    the threads' busy time (each event's duration is counted once, as its own time or as its
+    parent's child), the busiest thread is at most the pool's total, and XLA's compile shows
+    up. Summed unrounded (``ndigits=9``), so the tolerance is float rounding of nanosecond
+    sums. The ``compile_row`` of a traced compile carries the summary."""
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    x = jnp.ones((32, 32))
+    row = compile_bench.compile_row("tanh", f, (x,), str(tmp_path))
+    assert row["compile_s"] > 0 and row["profile"]
+    jax.profiler.start_trace(str(tmp_path / "again"))
+    f.lower(x * 2).compile()
+    jax.profiler.stop_trace()
+    (path,) = list((tmp_path / "again").rglob("*.xplane.pb"))
+    pools = compile_bench.summarise_trace(str(path), top=10**6, ndigits=9)
+    names = {n for p in pools.values() for n, _, _ in p["self_s"]}
+    assert any("Compile" in n for n in names), sorted(names)[:20]
+    for pool in pools.values():
+        total_self = sum(s for _, s, _ in pool["self_s"])
+        assert total_self == pytest.approx(pool["busy_s"], rel=1e-9, abs=1e-6)
+        assert pool["max_busy_s"] <= pool["busy_s"] + 1e-9
+
+
 def test_fir_bench_smoke_implementations_agree(capsys):
     fir_bench.main(["--smoke"])
     rows = _table_rows(capsys.readouterr().out)[1:]  # skip the header

@@ -19,6 +19,12 @@ Each row: the time to lower (trace to StableHLO) and to compile, and the instruc
 the lowered and of the optimized program. ``step - grad`` is what the per-leaf update costs the
 compiler. Nothing runs on the device; compiling needs no weights (abstract shapes).
 
+With ``--profile-dir DIR`` each compile runs under :func:`jax.profiler.trace` and its row also
+gets a ``profile``: XLA's own trace annotations (HLO pass pipelines, autotuners, LLVM and
+ptxas per module) summed by name as self time (an event's duration less its children's on
+the same thread), and how long each compiler thread was busy. That says which passes the
+compile time goes to and whether code generation runs on one thread or many.
+
 GPU run (``.whl`` carried, as for the suite)::
 
     PYTHONPATH=. python experiments/benchmarks/compile_bench.py --out $OUT/compile.jsonl
@@ -31,7 +37,9 @@ CPU smoke run (the config's ``smoke`` network)::
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import glob
 import os
 import re
 import sys
@@ -74,6 +82,102 @@ def count_stablehlo_operations(mlir_text: str) -> int:
     return len(_MLIR_OPERATION.findall(mlir_text))
 
 
+def summarise_trace(
+    xplane_path: str,
+    top: int = 12,
+    min_timeline_s: float = 0.5,
+    max_depth: int = 5,
+    ndigits: int = 3,
+) -> dict:
+    """Where a traced compile's time went, per host thread pool (from a ``*.xplane.pb``).
+
+    Events on one thread nest (a pass pipeline holds its passes); an event's self time is its
+    duration less that of its direct children, so the self times of a thread add up to its
+    busy time. Threads are grouped by their pool's name (the thread id dropped). A waiting
+    caller keeps the wait as self time: on the GPU, XLA compiles on the calling Python thread
+    and hands kernels to be compiled or autotuned to its compile thread pool.
+
+    Returns:
+      ``{pool: {"threads": n, "busy_s": summed, "max_busy_s": busiest thread, "self_s":
+      [[name, seconds, count], ...] (the ``top`` largest), "timeline": [[start_s, seconds,
+      depth, name], ...]}}``. The timeline, kept for a pool of one thread, lists XLA's events
+      (not Python frames, which also do not count towards the depth) of depth <= ``max_depth`` that last
+      at least ``min_timeline_s``, starting in seconds from the trace's first event. Seconds
+      are rounded to ``ndigits`` digits.
+
+    Example:
+      >>> import glob, tempfile, jax, jax.numpy as jnp
+      >>> d = tempfile.mkdtemp()
+      >>> lowered = jax.jit(lambda x: jnp.tanh(x) * 2).lower(jnp.ones(3))
+      >>> with jax.profiler.trace(d):
+      ...     _ = lowered.compile()
+      >>> pools = summarise_trace(glob.glob(d + "/**/*.xplane.pb", recursive=True)[0])
+      >>> all(p["busy_s"] <= p["threads"] * p["max_busy_s"] + 1e-9 for p in pools.values())
+      True
+    """
+    from jax.profiler import ProfileData
+
+    lines = [
+        line
+        for plane in ProfileData.from_file(xplane_path).planes
+        if plane.name.startswith("/host:")
+        for line in plane.lines
+    ]
+    events_of = {
+        id(line): sorted(
+            ((e.start_ns, e.duration_ns, e.name) for e in line.events), key=lambda e: (e[0], -e[1])
+        )
+        for line in lines
+    }
+    t0 = min((ev[0][0] for ev in events_of.values() if ev), default=0.0)
+    pools: dict[str, dict] = {}
+    for line in lines:
+        pool = pools.setdefault(
+            re.sub(r"/-?\d+$", "", line.name),
+            {"busy": [], "self": collections.Counter(), "count": collections.Counter(), "tl": {}},
+        )
+        stack: list[tuple[float, str]] = []  # (end, name) of the open events
+        busy_ns, timeline = 0.0, []
+        for start, duration, name in events_of[id(line)]:
+            while stack and stack[-1][0] <= start:
+                stack.pop()
+            if stack:
+                pool["self"][stack[-1][1]] -= duration
+            else:
+                busy_ns += duration
+            depth = sum(not n.startswith("$") for _, n in stack)  # Python frames not counted
+            if not name.startswith("$") and depth <= max_depth and duration >= min_timeline_s * 1e9:
+                timeline.append(
+                    [
+                        round((start - t0) / 1e9, ndigits),
+                        round(duration / 1e9, ndigits),
+                        depth,
+                        name,
+                    ]
+                )
+            pool["self"][name] += duration
+            pool["count"][name] += 1
+            stack.append((start + duration, name))
+        if busy_ns:
+            pool["busy"].append(busy_ns / 1e9)
+            pool["tl"][busy_ns] = timeline
+    summary = {}
+    for name, pool in pools.items():
+        if not pool["busy"]:
+            continue
+        summary[name] = {
+            "threads": len(pool["busy"]),
+            "busy_s": round(sum(pool["busy"]), ndigits),
+            "max_busy_s": round(max(pool["busy"]), ndigits),
+            "self_s": [
+                [n, round(v / 1e9, ndigits), pool["count"][n]]
+                for n, v in pool["self"].most_common(top)
+            ],
+            "timeline": pool["tl"][max(pool["tl"])] if len(pool["busy"]) == 1 else [],
+        }
+    return dict(sorted(summary.items(), key=lambda kv: -kv[1]["max_busy_s"]))
+
+
 def build_programs(config, dtype_name: str, batch: int, group_norm_impl: str):
     """``{name: (jitted function, abstract arguments)}``: ``warmup``, ``grad``, ``sgd_step``, ``step``."""
     size, ch = int(config.data.image_size), int(config.data.num_channels)
@@ -111,20 +215,31 @@ def build_programs(config, dtype_name: str, batch: int, group_norm_impl: str):
     return programs
 
 
-def compile_row(name: str, fn, args) -> dict:
+def compile_row(name: str, fn, args, profile_dir: str | None = None) -> dict:
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     lower_s = time.perf_counter() - t0
+    trace_dir = os.path.join(profile_dir, name) if profile_dir else None
+    if trace_dir:
+        jax.profiler.start_trace(trace_dir)
     t0 = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    return {
+    try:
+        compiled = lowered.compile()
+    finally:
+        compile_s = time.perf_counter() - t0
+        if trace_dir:
+            jax.profiler.stop_trace()
+    row = {
         "program": name,
         "lower_s": lower_s,
         "compile_s": compile_s,
         "stablehlo_ops": count_stablehlo_operations(lowered.as_text()),
         "optimized_hlo_instructions": count_hlo_instructions(compiled.as_text()),
     }
+    if trace_dir:
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        row["profile"] = summarise_trace(path)
+    return row
 
 
 def main(argv=None) -> None:
@@ -140,6 +255,9 @@ def main(argv=None) -> None:
         help="comma-separated, compiled in this order",
     )
     p.add_argument("--out", default=None, help="JSON lines file (appended)")
+    p.add_argument(
+        "--profile-dir", default=None, help="trace each compile here and summarise the trace"
+    )
     args = p.parse_args(argv)
     spec = CONFIGS[args.model] + (":smoke" if args.smoke else "")
     config = load_config(spec)
@@ -160,7 +278,7 @@ def main(argv=None) -> None:
     try:
         for name in names:
             fn, fn_args = programs[name]
-            emit({**common, **compile_row(name, fn, fn_args)}, out)
+            emit({**common, **compile_row(name, fn, fn_args, args.profile_dir)}, out)
     finally:
         if out is not None:
             out.close()
