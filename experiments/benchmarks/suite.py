@@ -266,11 +266,13 @@ def build_train(
     devices: int = 1,
     group_norm_impl: str = "auto",
     init: str = "jit",
+    compiler_options: dict | None = None,
 ):
     """(train step, replicated state, sharded synthetic batch) for one network and dtype.
 
     ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices
-    (of all processes); this process makes only its own devices' rows.
+    (of all processes); this process makes only its own devices' rows. ``compiler_options``
+    go to :func:`scoresde.make_train_step` (``None``: the library's default).
     """
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
@@ -280,7 +282,12 @@ def build_train(
     optimizer = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
     mesh = sd.data_mesh(jax.devices()[:devices])
     step = sd.make_train_step(
-        loss_fn, optimizer, ema_rate=0.9999, n_jitted_steps=n_jitted_steps, mesh=mesh
+        loss_fn,
+        optimizer,
+        ema_rate=0.9999,
+        n_jitted_steps=n_jitted_steps,
+        mesh=mesh,
+        compiler_options=compiler_options,
     )
     # A copy: the step donates the state, and the memoized variables serve later benches.
     params = jax.tree.map(jnp.copy, variables["params"])
@@ -319,6 +326,7 @@ def compile_with_auto_state_layout(step, state, batch):
             in_shardings=(state_formats, batch_shardings),
             out_shardings=(state_formats, replicated),
             donate_argnums=(0,),
+            compiler_options=dict(step.compiler_options) or None,
         )
 
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
@@ -335,7 +343,14 @@ def bench_train(name, config, args, out):
     ):
         batch = args.train_batch * devices
         step, state, batch_arr = build_train(
-            config, dtype_name, args.train_batch, n, devices, gn, args.init
+            config,
+            dtype_name,
+            args.train_batch,
+            n,
+            devices,
+            gn,
+            args.init,
+            {} if args.train_compiler_options == "xla" else None,
         )
         what = f"train {name} {dtype_name} {gn} x{devices}"
         progress(f"{what}: compiling")
@@ -396,6 +411,7 @@ def bench_train(name, config, args, out):
             "processes": jax.process_count(),
             "n_jitted_steps": n,
             "state_layout": args.state_layout,
+            "compiler_options": dict(step.compiler_options),
             "median_s": pipelined,
             "img_per_s": img_s,
             "synced_median_s": med,
@@ -589,6 +605,13 @@ def main(argv=None) -> None:
         choices=("default", "auto"),
         help="train: row-major state, or device layouts chosen by XLA (an experiment; the "
         "compile time then covers two compilations)",
+    )
+    p.add_argument(
+        "--train-compiler-options",
+        default="default",
+        choices=("default", "xla"),
+        help="train: the step's XLA compile options, scoresde's default "
+        "(scoresde.train.TRAIN_STEP_COMPILER_OPTIONS) or XLA's own",
     )
     p.add_argument(
         "--processes",
