@@ -9,10 +9,6 @@ and mutable model state are averaged across devices with ``lax.pmean`` (the sema
 and, with :func:`initialize_distributed`, all devices of all hosts). The state buffers are
 donated. ``n_jitted_steps > 1`` runs that many steps per call with ``lax.scan``.
 
-The step compiles with :data:`TRAIN_STEP_COMPILER_OPTIONS` unless told otherwise: XLA's GPU
-fusion autotuner off, which halves the cold compile of the CIFAR-10 NCSN++/DDPM++ float32
-steps on an H200 (75 -> 42 s) at equal or better throughput (``docs/benchmarks.md``).
-
 Randomness is reproducible and independent of the device layout: step ``s`` uses the key
 ``fold_in(rng, s)`` and example ``i`` of the *global* batch the key
 ``fold_in(fold_in(rng, s), i)``. Each device, and each process, therefore draws different
@@ -26,9 +22,7 @@ Equations", ICLR 2021 (Adam, linear warm-up, gradient clipping, EMA as in its co
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,42 +39,6 @@ from scoresde.losses import ModelLossFn
 
 #: The name of the mesh axis the batch is split along.
 DATA_AXIS = "data"
-
-#: The per-program XLA options :func:`make_train_step` compiles the step with by default.
-#: ``xla_gpu_experimental_enable_fusion_autotuner=False``: XLA does not autotune the tiling of
-#: every fused GPU kernel, it takes its cost model's choice. On an H200 this cut the cold
-#: compile of the NCSN++ float32 step from 75 to 42 s and of DDPM++ from 75 to 39 s at +2%
-#: throughput. An option this XLA does not know, or that the user's ``XLA_FLAGS`` set, is
-#: left out; on a CPU the option has no effect.
-TRAIN_STEP_COMPILER_OPTIONS: Mapping[str, Any] = types.MappingProxyType(
-    {"xla_gpu_experimental_enable_fusion_autotuner": False}
-)
-
-
-@functools.cache
-def _xla_knows_option(name: str, value: Any) -> bool:
-    """Whether this XLA accepts the compile option (an unknown one fails the compile)."""
-    try:
-        jax.jit(lambda: jnp.zeros(()), compiler_options={name: value}).lower().compile()
-    except jax.errors.JaxRuntimeError:  # XLA: "No such compile option"
-        return False
-    return True
-
-
-def default_compiler_options() -> dict[str, Any]:
-    """:data:`TRAIN_STEP_COMPILER_OPTIONS` less those this XLA lacks or ``XLA_FLAGS`` sets.
-
-    Example:
-      >>> from scoresde.train import default_compiler_options
-      >>> default_compiler_options()
-      {'xla_gpu_experimental_enable_fusion_autotuner': False}
-    """
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    return {
-        name: value
-        for name, value in TRAIN_STEP_COMPILER_OPTIONS.items()
-        if f"--{name}" not in xla_flags and _xla_knows_option(name, value)
-    }
 
 
 @struct.dataclass
@@ -483,10 +441,10 @@ def make_train_step(
       n_jitted_steps: updates per call (``lax.scan`` over a leading batch axis).
       mesh: device mesh with axis ``"data"`` (default :func:`data_mesh`, all devices).
       donate: donate the input state's buffers.
-      compiler_options: XLA options for compiling the step (``jax.jit``'s
-        ``compiler_options``). ``None``: :func:`default_compiler_options`; ``{}``: XLA's own
-        defaults (the fusion autotuner on: on an H200 the bfloat16 NCSN++ step trains ~10%
-        faster with it, for a compile ~60 s longer).
+      compiler_options: XLA options for this program alone (``jax.jit``'s
+        ``compiler_options``), e.g. ``{"xla_gpu_autotune_level": 1}``; the names are those of
+        ``XLA_FLAGS`` without the dashes. An option this XLA does not know fails the first
+        call, naming it. ``None``: XLA's defaults (and the process's ``XLA_FLAGS``).
 
     Returns:
       A :class:`TrainStep`.
@@ -552,8 +510,14 @@ def make_train_step(
         out_specs=(P(), P()),
         check_vma=False,
     )
-    if compiler_options is None:
-        compiler_options = default_compiler_options()
+    compiler_options = {} if compiler_options is None else compiler_options
+    if not isinstance(compiler_options, Mapping) or not all(
+        isinstance(k, str) for k in compiler_options
+    ):
+        raise ValueError(
+            "make_train_step: compiler_options must be a mapping from XLA option names to "
+            f"values, e.g. {{'xla_gpu_autotune_level': 1}}, got {compiler_options!r}."
+        )
     fn = jax.jit(
         sharded,
         in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, batch_spec)),
@@ -607,13 +571,11 @@ def check_finite(first_step: int, metrics: Mapping[str, Any]) -> dict[str, np.nd
 
 __all__ = [
     "DATA_AXIS",
-    "TRAIN_STEP_COMPILER_OPTIONS",
     "NonFiniteLossError",
     "TrainState",
     "TrainStep",
     "check_finite",
     "data_mesh",
-    "default_compiler_options",
     "ema_update",
     "initialize_distributed",
     "make_optimizer",

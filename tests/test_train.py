@@ -229,6 +229,30 @@ def test_nan_between_checkpoints_is_caught_one_call_late_with_the_right_step(tmp
         assert mgr.latest_step() == 4
 
 
+def test_train_step_compiler_options_reach_xla():
+    """``compiler_options`` are this program's XLA options: an option XLA does not know fails
+    the compile naming it (so they are passed on, not dropped), a known one compiles and gives
+    the same update as none (this option only tunes the CPU backend's code, not the math:
+    the states agree to float32 rounding). The step records what it compiled with."""
+    opt = optax.sgd(0.1)
+    state0 = sd.TrainState.create({"w": jnp.arange(3.0)}, opt, 0)
+    x = jnp.ones((GLOBAL_BATCH, 3))
+    bad = sd.make_train_step(
+        _quadratic_loss, opt, mesh=ONE_DEVICE, compiler_options={"xla_no_such_option": 1}
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_no_such_option"):
+        bad(bad.replicate(state0), bad.shard_batch(x))
+    options = {"xla_cpu_enable_fast_min_max": False}
+    tuned = sd.make_train_step(_quadratic_loss, opt, mesh=ONE_DEVICE, compiler_options=options)
+    plain = sd.make_train_step(_quadratic_loss, opt, mesh=ONE_DEVICE)
+    assert dict(tuned.compiler_options) == options and dict(plain.compiler_options) == {}
+    got, _ = tuned(tuned.replicate(state0), tuned.shard_batch(x))
+    want, _ = plain(plain.replicate(state0), plain.shard_batch(x))
+    np.testing.assert_allclose(got.params["w"], want.params["w"], rtol=1e-6)
+    with pytest.raises(ValueError, match="compiler_options"):
+        sd.make_train_step(_quadratic_loss, opt, compiler_options=[("xla_gpu_autotune_level", 1)])
+
+
 def test_train_step_argument_errors():
     with pytest.raises(ValueError, match="n_jitted_steps"):
         sd.make_train_step(_quadratic_loss, optax.sgd(0.1), n_jitted_steps=0)

@@ -272,7 +272,7 @@ def build_train(
 
     ``batch`` is per device; the step runs data-parallel over the first ``devices`` devices
     (of all processes); this process makes only its own devices' rows. ``compiler_options``
-    go to :func:`scoresde.make_train_step` (``None``: the library's default).
+    go to :func:`scoresde.make_train_step`.
     """
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
@@ -350,7 +350,7 @@ def bench_train(name, config, args, out):
             devices,
             gn,
             args.init,
-            {} if args.train_compiler_options == "xla" else None,
+            args.train_compiler_options,
         )
         what = f"train {name} {dtype_name} {gn} x{devices}"
         progress(f"{what}: compiling")
@@ -608,10 +608,10 @@ def main(argv=None) -> None:
     )
     p.add_argument(
         "--train-compiler-options",
-        default="default",
-        choices=("default", "xla"),
-        help="train: the step's XLA compile options, scoresde's default "
-        "(scoresde.train.TRAIN_STEP_COMPILER_OPTIONS) or XLA's own",
+        type=json.loads,
+        default={},
+        help="train: XLA options for the step program alone, a JSON object, e.g. "
+        "'{\"xla_gpu_autotune_level\": 1}' (make_train_step(compiler_options=...))",
     )
     p.add_argument(
         "--processes",
