@@ -147,6 +147,8 @@ def test_compile_bench_trace_summary_adds_up(tmp_path):
     x = jnp.ones((32, 32))
     row = compile_bench.compile_row("tanh", f, (x,), str(tmp_path))
     assert row["compile_s"] > 0 and row["profile"]
+    # a second traced compile into the same directory reads its own trace, not the first's
+    assert compile_bench.compile_row("tanh", f, (x + 1,), str(tmp_path))["profile"]
     jax.profiler.start_trace(str(tmp_path / "again"))
     f.lower(x * 2).compile()
     jax.profiler.stop_trace()

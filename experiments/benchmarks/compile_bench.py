@@ -43,6 +43,7 @@ import glob
 import os
 import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -219,7 +220,11 @@ def compile_row(name: str, fn, args, profile_dir: str | None = None) -> dict:
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     lower_s = time.perf_counter() - t0
-    trace_dir = os.path.join(profile_dir, name) if profile_dir else None
+    # a directory of its own, so a trace left from an earlier run is never read back
+    trace_dir = None
+    if profile_dir:
+        os.makedirs(profile_dir, exist_ok=True)
+        trace_dir = tempfile.mkdtemp(prefix=name + "-", dir=profile_dir)
     if trace_dir:
         jax.profiler.start_trace(trace_dir)
     t0 = time.perf_counter()
