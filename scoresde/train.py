@@ -469,6 +469,14 @@ def make_train_step(
         )
     if not (isinstance(ema_rate, int | float) and 0.0 <= ema_rate <= 1.0):
         raise ValueError(f"make_train_step: ema_rate must be in [0, 1], got ema_rate={ema_rate!r}.")
+    compiler_options = {} if compiler_options is None else compiler_options
+    if not isinstance(compiler_options, Mapping) or not all(
+        isinstance(k, str) for k in compiler_options
+    ):
+        raise ValueError(
+            "make_train_step: compiler_options must be a mapping from XLA option names to "
+            f"values, e.g. {{'xla_gpu_autotune_level': 1}}, got {compiler_options!r}."
+        )
     mesh = data_mesh() if mesh is None else mesh
     if DATA_AXIS not in mesh.axis_names or len(mesh.axis_names) != 1:
         raise ValueError(
@@ -510,14 +518,6 @@ def make_train_step(
         out_specs=(P(), P()),
         check_vma=False,
     )
-    compiler_options = {} if compiler_options is None else compiler_options
-    if not isinstance(compiler_options, Mapping) or not all(
-        isinstance(k, str) for k in compiler_options
-    ):
-        raise ValueError(
-            "make_train_step: compiler_options must be a mapping from XLA option names to "
-            f"values, e.g. {{'xla_gpu_autotune_level': 1}}, got {compiler_options!r}."
-        )
     fn = jax.jit(
         sharded,
         in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, batch_spec)),

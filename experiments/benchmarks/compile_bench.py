@@ -102,9 +102,9 @@ def summarise_trace(
       ``{pool: {"threads": n, "busy_s": summed, "max_busy_s": busiest thread, "self_s":
       [[name, seconds, count], ...] (the ``top`` largest), "timeline": [[start_s, seconds,
       depth, name], ...]}}``. The timeline, kept for a pool of one thread, lists XLA's events
-      (not Python frames, which also do not count towards the depth) of depth <= ``max_depth`` that last
-      at least ``min_timeline_s``, starting in seconds from the trace's first event. Seconds
-      are rounded to ``ndigits`` digits.
+      (not Python frames, which also do not count towards the depth) of depth at most
+      ``max_depth`` lasting at least ``min_timeline_s``, starting in seconds from the trace's
+      first event. Seconds are rounded to ``ndigits`` digits.
 
     Example:
       >>> import glob, tempfile, jax, jax.numpy as jnp
@@ -225,7 +225,6 @@ def compile_row(name: str, fn, args, profile_dir: str | None = None) -> dict:
     if profile_dir:
         os.makedirs(profile_dir, exist_ok=True)
         trace_dir = tempfile.mkdtemp(prefix=name + "-", dir=profile_dir)
-    if trace_dir:
         jax.profiler.start_trace(trace_dir)
     t0 = time.perf_counter()
     try:
