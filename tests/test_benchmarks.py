@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import scoresde.models.group_norm as gn_module
+
 BENCH_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "benchmarks")
 sys.path.insert(0, os.path.abspath(BENCH_DIR))
 
@@ -160,6 +162,20 @@ def test_compile_bench_trace_summary_adds_up(tmp_path):
         total_self = sum(s for _, s, _ in pool["self_s"])
         assert total_self == pytest.approx(pool["busy_s"], rel=1e-9, abs=1e-6)
         assert pool["max_busy_s"] <= pool["busy_s"] + 1e-9
+
+
+def test_compile_bench_lower_for_cuda_on_a_cpu(capsys, monkeypatch):
+    """``--lower-for`` traces and lowers without compiling, for any platform from this CPU:
+    for CUDA the smoke NCSN++ step holds the GroupNorm kernels (Pallas custom calls: ``auto``
+    traces as on a CUDA GPU), for the CPU none. The monkeypatch restores the GroupNorm
+    platform check that ``--lower-for cuda`` replaces for the process."""
+    monkeypatch.setattr(gn_module, "default_backend_is_cuda", gn_module.default_backend_is_cuda)
+    for platform in ("cpu", "cuda"):
+        compile_bench.main(["--smoke", "--programs", "step", "--lower-for", platform])
+    cpu, cuda = _records(capsys.readouterr().out)
+    assert cpu["lowering_platform"] == "cpu" and cpu["custom_calls"] == 0
+    assert cuda["lowering_platform"] == "cuda" and cuda["custom_calls"] > 0
+    assert cuda["trace_s"] > 0 and cuda["lower_s"] > 0 and "compile_s" not in cuda
 
 
 def test_fir_bench_smoke_implementations_agree(capsys):

@@ -155,17 +155,30 @@ def test_kernel_blocks_and_auto_policy():
     assert kernel_blocks((8, 28, 28, 64), 16, 4) is None  # 784 rows
     assert kernel_blocks((8, 8, 8, 384), 32, 4) is None  # group size 12
     assert kernel_blocks((8, 8, 8), 2, 4) is None  # not NHWC
-    # "auto" lowers the kernel only for H*W <= AUTO_MAX_ROWS (on CUDA): a 32x32 input keeps
-    # XLA's GroupNorm even where the kernel is lowered; a 16x16 input takes the kernel branch.
-    ones = jnp.ones(16)
-    big = jax.make_jaxpr(lambda x: group_norm(x, ones, ones, num_groups=4))(
-        jnp.ones((1, 32, 32, 16))
-    )
-    small = jax.make_jaxpr(lambda x: group_norm(x, ones, ones, num_groups=4))(
-        jnp.ones((1, 16, 16, 16))
-    )
-    assert "pallas_call" not in str(big) and "pallas_call" in str(small)
     assert gn_module.AUTO_MAX_ROWS == 256
+
+
+def test_auto_decides_at_trace_time(monkeypatch):
+    """``impl="auto"`` traces one implementation, chosen by the default backend: on this CPU
+    XLA's; where the default backend is a CUDA GPU (simulated) the kernel, for H*W <=
+    AUTO_MAX_ROWS only (a 32x32 input keeps XLA's GroupNorm). Lowered for CUDA from this CPU,
+    the kernel's program holds the Pallas custom call and no platform switch (no
+    ``stablehlo.case``), so it lowers without tracing XLA's branch too."""
+    ones = jnp.ones(16)
+
+    def jaxpr(x):  # a new function each time: JAX caches traces per function
+        return str(jax.make_jaxpr(lambda x: group_norm(x, ones, ones, num_groups=4))(x))
+
+    big, small = jnp.ones((1, 32, 32, 16)), jnp.ones((1, 16, 16, 16))
+    assert not gn_module.default_backend_is_cuda()
+    assert "pallas_call" not in jaxpr(small)
+    monkeypatch.setattr(gn_module, "default_backend_is_cuda", lambda: True)
+    assert "pallas_call" not in jaxpr(big)
+    assert "pallas_call" in jaxpr(small)
+    loss = lambda x: group_norm(x, ones, ones, num_groups=4, silu=True).sum()  # noqa: E731
+    cuda = jax.jit(jax.grad(loss)).trace(small).lower(lowering_platforms=("cuda",))
+    text = cuda.as_text()
+    assert "stablehlo.custom_call" in text and "stablehlo.case" not in text
 
 
 def test_bad_arguments_are_refused():

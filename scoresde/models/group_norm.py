@@ -39,13 +39,14 @@ from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-__all__ = ["GroupNorm", "group_norm", "kernel_blocks"]
+__all__ = ["GroupNorm", "default_backend_is_cuda", "group_norm", "kernel_blocks"]
 
 Dtype = Any
 Impl = Literal["auto", "xla", "pallas"]
@@ -391,6 +392,25 @@ def _xla_group_norm(x, scale, bias, num_groups, eps, fast_variance, out_dtype):
     return jnp.asarray(y * mul + bias, out_dtype)
 
 
+def default_backend_is_cuda() -> bool:
+    """Whether JAX's default backend is a CUDA GPU: where ``impl="auto"`` takes the kernel.
+
+    ``impl="auto"`` decides when :func:`group_norm` is traced, by this function (as JAX's
+    own cuDNN attention checks its platform), not with ``lax.platform_dependent``: that
+    would trace and differentiate both implementations at every GroupNorm: tracing and
+    lowering the CIFAR-10 NCSN++ train step for CUDA took 9.5-10.0 s that way against
+    5.6-5.7 s (``compile_bench.py --lower-for cuda`` on a CPU, ``docs/benchmarks.md``), paid
+    at every process start, also when the compiled program comes from the cache.
+
+    Example:
+      >>> default_backend_is_cuda()  # on a CPU
+      False
+    """
+    if jax.default_backend() != "gpu":
+        return False
+    return "cuda" in jax.extend.backend.get_backend().platform_version.lower()
+
+
 def group_norm(
     x: jax.Array,
     scale: jax.Array,
@@ -426,11 +446,14 @@ def group_norm(
         rather than two-pass; the kernel always uses the shifted form (module docstring).
       train: the kernel's differentiation (module docstring): ``True`` for the hand-written
         backward kernel (reverse mode only), ``False`` to keep forward mode.
-      impl: ``"auto"`` (the kernel on CUDA GPUs for the shapes it covers up to
-        ``AUTO_MAX_ROWS`` pixels, where it measured faster; XLA otherwise),
-        ``"xla"``, or ``"pallas"`` (the kernel for every shape it covers, on whatever platform
-        the program is lowered for: CUDA, or any with ``interpret``; XLA for the shapes it
-        does not cover, see :func:`kernel_blocks`).
+      impl: ``"auto"`` (the kernel where JAX's default backend is a CUDA GPU, decided at
+        trace time by :func:`default_backend_is_cuda`, for the shapes it covers up to
+        ``AUTO_MAX_ROWS`` pixels, where it measured faster; XLA otherwise), ``"xla"``, or
+        ``"pallas"`` (the kernel for every shape it covers, on whatever platform the program
+        is lowered for: CUDA, or any with ``interpret``; XLA for the shapes it does not
+        cover, see :func:`kernel_blocks`). A program traced where the default backend is a
+        CUDA GPU but run elsewhere (on the host's CPU devices, or exported for other
+        platforms) needs ``"xla"``.
       interpret: run the kernel in Pallas' interpreter (tests on a CPU).
       tile_elements, channel_block, num_warps: the kernel's tiling (benchmarks).
 
@@ -472,9 +495,9 @@ def group_norm(
     def fused(x, scale, bias):
         return kernel(cfg, x, scale, bias)
 
-    if impl == "pallas" or interpret:
+    if impl == "pallas" or interpret or default_backend_is_cuda():
         return fused(x, scale, bias)
-    return lax.platform_dependent(x, scale, bias, cuda=fused, default=xla)
+    return xla(x, scale, bias)
 
 
 class GroupNorm(nn.Module):
