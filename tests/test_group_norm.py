@@ -163,7 +163,8 @@ def test_auto_decides_at_trace_time(monkeypatch):
     XLA's; where the default backend is a CUDA GPU (simulated) the kernel, for H*W <=
     AUTO_MAX_ROWS only (a 32x32 input keeps XLA's GroupNorm). Lowered for CUDA from this CPU,
     the kernel's program holds the Pallas custom call and no platform switch (no
-    ``stablehlo.case``), so it lowers without tracing XLA's branch too."""
+    ``stablehlo.case``), so it lowers without tracing XLA's branch too; GroupNorms of one
+    configuration and shape call one lowered kernel."""
     ones = jnp.ones(16)
 
     def jaxpr(x):  # a new function each time: JAX caches traces per function
@@ -179,6 +180,15 @@ def test_auto_decides_at_trace_time(monkeypatch):
     cuda = jax.jit(jax.grad(loss)).trace(small).lower(lowering_platforms=("cuda",))
     text = cuda.as_text()
     assert "stablehlo.custom_call" in text and "stablehlo.case" not in text
+    # Two GroupNorms of one configuration and shape share one lowered kernel.
+    twice = lambda x: (
+        group_norm(x, ones, ones, num_groups=4)
+        + group_norm(  # noqa: E731
+            2 * x, ones, ones, num_groups=4
+        )
+    )
+    text = jax.jit(twice).trace(small).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("stablehlo.custom_call") == 1 and text.count("call @") >= 2
 
 
 def test_bad_arguments_are_refused():

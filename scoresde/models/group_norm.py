@@ -281,6 +281,9 @@ class _KernelConfig(NamedTuple):
     interpret: bool
 
 
+# The kernels' wrappers are jitted (``cfg`` static) so that the GroupNorms of a network that
+# share a configuration and shape share one traced and one lowered kernel.
+@functools.partial(jax.jit, static_argnums=0)
 def _forward(cfg: _KernelConfig, x, scale, bias):
     """(y, per-channel mean, per-channel 1/std) from the forward kernel; x is NHWC."""
     b, h, w, c = x.shape
@@ -303,6 +306,7 @@ def _forward(cfg: _KernelConfig, x, scale, bias):
     return y.reshape(b, h, w, c), mean, rstd
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _backward(cfg: _KernelConfig, x, scale, bias, mean, rstd, g):
     """(dx, dscale, dbias) from the backward kernel."""
     b, h, w, c = x.shape
@@ -399,8 +403,8 @@ def default_backend_is_cuda() -> bool:
     own cuDNN attention checks its platform), not with ``lax.platform_dependent``: that
     would trace and differentiate both implementations at every GroupNorm: tracing and
     lowering the CIFAR-10 NCSN++ train step for CUDA took 9.5-10.0 s that way against
-    5.6-5.7 s (``compile_bench.py --lower-for cuda`` on a CPU, ``docs/benchmarks.md``), paid
-    at every process start, also when the compiled program comes from the cache.
+    5.6-5.7 s (``compile_bench.py --lower-for cuda`` on a CPU, ``docs/benchmarks.md``), time
+    paid at every process start, also when the compiled program comes from the cache.
 
     Example:
       >>> default_backend_is_cuda()  # on a CPU
