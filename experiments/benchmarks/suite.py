@@ -61,6 +61,7 @@ import numpy as np
 import scoresde as sd
 from scoresde.config_loading import load_config
 from scoresde.experiment import loss_fn_from_config
+from scoresde.models.group_norm import default_backend_is_cuda
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -412,6 +413,7 @@ def bench_train(name, config, args, out):
             "n_jitted_steps": n,
             "state_layout": args.state_layout,
             "compiler_options": dict(step.compiler_options),
+            "group_norm_kernel_eligible": default_backend_is_cuda(),
             "median_s": pipelined,
             "img_per_s": img_s,
             "synced_median_s": med,
