@@ -400,11 +400,11 @@ def default_backend_is_cuda() -> bool:
     """Whether JAX's default backend is a CUDA GPU: where ``impl="auto"`` takes the kernel.
 
     ``impl="auto"`` decides when :func:`group_norm` is traced, by this function (as JAX's
-    own cuDNN attention checks its platform), not with ``lax.platform_dependent``: that
-    would trace and differentiate both implementations at every GroupNorm: tracing and
-    lowering the CIFAR-10 NCSN++ train step for CUDA took 9.5-10.0 s that way against
-    5.6-5.7 s (``compile_bench.py --lower-for cuda`` on a CPU, ``docs/benchmarks.md``), time
-    paid at every process start, also when the compiled program comes from the cache.
+    own cuDNN attention checks its platform), not with ``lax.platform_dependent``, which
+    traces and differentiates both implementations at every GroupNorm. Tracing and lowering
+    the CIFAR-10 NCSN++ train step for CUDA took 9.5-10.0 s that way against 5.6-5.7 s
+    (``compile_bench.py --lower-for cuda`` on a CPU, ``docs/benchmarks.md``), time paid at
+    every process start, also when the compiled program comes from the cache.
 
     Example:
       >>> default_backend_is_cuda()  # on a CPU
