@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compile_bench  # noqa: E402  (the compile-trace summary)
 import suite  # noqa: E402  (the benchmark suite's builders)
 
 from scoresde.config_loading import load_config  # noqa: E402
@@ -221,28 +222,15 @@ def host_summary(xplane_path: str, index: dict, steps: int) -> None:
 
 
 def compile_summary(xplane_path: str, top: int) -> None:
-    """Prints the host events of a traced compilation with the most total (inclusive) time.
-
-    XLA annotates its compiler passes, autotuners and code generation; nested events are
-    each counted in full, so the column is "time inside", not a partition.
-    """
-    from jax._src.lib import _profile_data
-
-    data = _profile_data.ProfileData.from_file(xplane_path)
-    time_by, count_by = collections.Counter(), collections.Counter()
-    for plane in data.planes:
-        if plane.name.startswith("/device:"):
-            continue
-        for line in plane.lines:
-            for event in line.events:
-                name = re.sub(r"\d+", "N", event.name.split("#")[0])[:80]
-                if name.startswith("$"):  # Python frames
-                    continue
-                time_by[name] += float(event.duration_ns)
-                count_by[name] += 1
-    print("\n| compile event (inclusive) | count | s |\n|---|---|---|")
-    for name, dur in time_by.most_common(top):
-        print(f"| {name} | {count_by[name]} | {dur / 1e9:.2f} |")
+    """Prints, per compiler thread pool, the events of a traced compilation with the most self
+    time (:func:`compile_bench.summarise_trace`: each event less its nested children)."""
+    for pool, p in compile_bench.summarise_trace(xplane_path, top=top).items():
+        print(
+            f"\n| {pool}: {p['threads']} threads, busy {p['busy_s']:.2f} s "
+            f"(busiest {p['max_busy_s']:.2f} s) | count | self s |\n|---|---|---|"
+        )
+        for name, seconds, count in p["self_s"]:
+            print(f"| {name[:80]} | {count} | {seconds:.2f} |")
 
 
 def summarize(events, index: dict, steps: int, top: int, tag: str) -> None:
