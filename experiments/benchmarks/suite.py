@@ -494,7 +494,7 @@ def init_network(config, init: str = "jit"):
 def bench_pc(name, config, args, out):
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    model, variables = init_network(config)
+    model, variables = init_network(config, args.init)
     shape = (args.pc_batch, size, size, ch)
 
     @jax.jit
@@ -533,7 +533,7 @@ def bench_ode(name, config, args, out):
     """Probability-flow ODE sampling (adaptive Tsit5, ``--ode-rtol``), NFE and wall time."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    model, variables = init_network(config)
+    model, variables = init_network(config, args.init)
     shape = (args.pc_batch, size, size, ch)
 
     @jax.jit
@@ -648,8 +648,9 @@ def main(argv=None) -> None:
         "--init",
         default="jit",
         choices=("jit", "numpy"),
-        help="forward, train: random weights from model.init (compiled, ~1 min per network on "
-        "the GPU) or drawn on the host (suite.numpy_init)",
+        help="forward, train, pc, ode: random weights from model.init (compiled, ~1 min per "
+        "network on the GPU) or drawn on the host (suite.numpy_init); the likelihood bench "
+        "always runs model.init, so its NFE stay comparable between runs",
     )
     p.add_argument("--pc-repeats", type=int, default=1)
     p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE sampler rtol = atol")
