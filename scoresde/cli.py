@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import pathlib
@@ -111,6 +112,12 @@ def _define_flags(command: str):
             "final_bpd",
             None,
             "Compute bits/dim on eval.bpd_dataset after training (default: eval.enable_bpd).",
+        )
+        string(
+            "step_compiler_options",
+            None,
+            "XLA options of the train step alone (make_train_step's compiler_options), a JSON "
+            "object, e.g. '{\"xla_gpu_enable_triton_gemm\": false}' (default: none).",
         )
     if command in ("sample", "likelihood"):
         integer("checkpoint", None, "Step of the checkpoint to use (default: the newest).")
@@ -625,8 +632,30 @@ def _chunk_ends(start: int, n_iters: int, freqs: Sequence[int]) -> list[int]:
     return sorted(e for e in ends if e > start)
 
 
+def _json_object_flag(name: str, value: str | None) -> dict | None:
+    """The JSON object given as ``--name``, or ``None`` when the flag is not set.
+
+    Example:
+      >>> _json_object_flag("step_compiler_options", '{"xla_gpu_autotune_level": 1}')
+      {'xla_gpu_autotune_level': 1}
+    """
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        parsed = e
+    if not isinstance(parsed, dict):
+        raise UsageError(
+            f"--{name} must be a JSON object such as '{{\"xla_gpu_autotune_level\": 1}}' or "
+            f"'{{}}', got {value!r}."
+        )
+    return parsed
+
+
 def cmd_train(fv, config) -> int:
     """``scoresde train``: see the module docstring."""
+    compiler_options = _json_object_flag("step_compiler_options", fv.step_compiler_options)
     import jax
 
     from scoresde.checkpoints import CheckpointManager
@@ -666,6 +695,7 @@ def cmd_train(fv, config) -> int:
         ema_rate=float(field(config, "model.ema_rate", 0.999)),
         n_jitted_steps=int(field(config, "training.n_jitted_steps", 1)),
         mesh=data_mesh(),
+        compiler_options=compiler_options,
     )
     loader = train_loader_from_config(config, device_axis=False)
 

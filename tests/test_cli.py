@@ -249,6 +249,19 @@ def test_main_reports_bad_input(tmp_path, capsys):
     assert "train first" in capsys.readouterr().err
 
 
+def test_step_compiler_options_flag(tmp_path, capsys):
+    """``--step_compiler_options`` reaches the train step's compile: an option XLA does not
+    know fails it, naming the option (so the flag is not dropped on the way); a value that is
+    not a JSON object is a usage error naming the flag, before anything is built."""
+    for bad in ("[1]", "{xla"):
+        assert _run("train", tmp_path / "bad", f"--step_compiler_options={bad}") == 2
+        assert "--step_compiler_options must be a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    unknown = '--step_compiler_options={"xla_no_such_option": 1}'
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_no_such_option"):
+        _run("train", tmp_path / "run", "--config.training.n_iters=1", unknown)
+
+
 def test_load_cli_config_adds_num_repeats():
     config = cli.load_cli_config(DIGITS_SMOKE, ["training.n_iters=3"])
     assert config.eval.num_repeats >= 1 and config.training.n_iters == 3

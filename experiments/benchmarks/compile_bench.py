@@ -46,6 +46,7 @@ import argparse
 import collections
 import functools
 import glob
+import json
 import os
 import re
 import sys
@@ -186,8 +187,13 @@ def summarise_trace(
     return dict(sorted(summary.items(), key=lambda kv: -kv[1]["max_busy_s"]))
 
 
-def build_programs(config, dtype_name: str, batch: int, group_norm_impl: str):
-    """``{name: (jitted function, abstract arguments)}``: ``warmup``, ``grad``, ``sgd_step``, ``step``."""
+def build_programs(
+    config, dtype_name: str, batch: int, group_norm_impl: str, compiler_options: dict | None = None
+):
+    """``{name: (jitted function, abstract arguments)}``: ``warmup``, ``grad``, ``sgd_step``, ``step``.
+
+    ``compiler_options`` go to :func:`scoresde.make_train_step` (the two step programs).
+    """
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     base = sd.models.from_config(config)
     model = network_variant(base, dtype_name, group_norm_impl)
@@ -215,7 +221,9 @@ def build_programs(config, dtype_name: str, batch: int, group_norm_impl: str):
         "step": sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0),
     }
     for name, optimizer in optimizers.items():
-        step = sd.make_train_step(loss_fn, optimizer, ema_rate=0.9999, mesh=mesh)
+        step = sd.make_train_step(
+            loss_fn, optimizer, ema_rate=0.9999, mesh=mesh, compiler_options=compiler_options
+        )
         state = jax.eval_shape(
             functools.partial(sd.TrainState.create, optimizer=optimizer, rng=0), params
         )
@@ -300,19 +308,29 @@ def main(argv=None) -> None:
         help="only trace and lower, for this platform (works on any machine); with cuda, "
         "GroupNorm 'auto' traces as on a CUDA machine",
     )
+    p.add_argument(
+        "--train-compiler-options",
+        type=json.loads,
+        default={},
+        help="XLA options of the step programs (make_train_step's compiler_options), a JSON "
+        "object, as suite.py's option of the same name",
+    )
     args = p.parse_args(argv)
     if args.lower_for == "cuda":
         gn_module.default_backend_is_cuda = lambda: True
     spec = CONFIGS[args.model] + (":smoke" if args.smoke else "")
     config = load_config(spec)
     batch = 4 if args.smoke else args.batch
-    programs = build_programs(config, args.dtype, batch, args.group_norm_impl)
+    programs = build_programs(
+        config, args.dtype, batch, args.group_norm_impl, args.train_compiler_options
+    )
     common = {
         "bench": "compile",
         "model": args.model + ("-smoke" if args.smoke else ""),
         "dtype": args.dtype,
         "group_norm_impl": args.group_norm_impl,
         "batch": batch,
+        "train_compiler_options": args.train_compiler_options,
     }
     names = args.programs.split(",")
     for name in names:
