@@ -643,8 +643,8 @@ def _json_object_flag(name: str, value: str | None) -> dict | None:
         return None
     try:
         parsed = json.loads(value)
-    except json.JSONDecodeError as e:
-        parsed = e
+    except json.JSONDecodeError:
+        parsed = None
     if not isinstance(parsed, dict):
         raise UsageError(
             f"--{name} must be a JSON object such as '{{\"xla_gpu_autotune_level\": 1}}' or "
