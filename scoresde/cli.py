@@ -316,6 +316,11 @@ def _host(tree):
 class Setup:
     """What every command builds from the config (see :mod:`scoresde.experiment`).
 
+    The network's initial weights are computed only when a command asks for them
+    (:attr:`init_variables`, a fresh run's state); restoring a checkpoint needs only the
+    state's structure, shapes and dtypes (:meth:`abstract_state`), which tracing gives
+    without compiling or running ``model.init``.
+
     Attributes:
       config: the experiment config.
       workdir: the run directory (absolute).
@@ -325,7 +330,6 @@ class Setup:
       continuous: continuous-time labels.
       centered: data scaled to ``[-1, 1]``.
       optimizer: the optax optimizer.
-      init_variables: the network's freshly initialized variables.
       make_score: ``make_score(variables) -> score_fn`` (weights traced).
       sampler: ``sampler(key, sde, score_fn, shape) -> (x, nfe)``.
       seed: ``config.seed``.
@@ -339,38 +343,29 @@ class Setup:
     continuous: bool
     centered: bool
     optimizer: Any
-    init_variables: dict
     make_score: Callable
     sampler: Callable
     seed: int
 
     @classmethod
     def build(cls, config, workdir: str | os.PathLike) -> Setup:
-        import jax
-
         from scoresde import experiment, models
 
         sde = experiment.sde_from_config(config)
         model = models.from_config(config)
-        data_shape = experiment.data_shape_from_config(config)
         continuous = bool(experiment.field(config, "training.continuous", True))
-        seed = int(experiment.field(config, "seed", 0))
-        variables = experiment.init_variables(
-            model, jax.random.fold_in(jax.random.key(seed), 0), data_shape
-        )
         return cls(
             config=config,
             workdir=pathlib.Path(workdir).absolute(),
             sde=sde,
             model=model,
-            data_shape=data_shape,
+            data_shape=experiment.data_shape_from_config(config),
             continuous=continuous,
             centered=bool(experiment.field(config, "data.centered", False)),
             optimizer=experiment.optimizer_from_config(config),
-            init_variables=variables,
             make_score=experiment.score_fn_factory(sde, model, continuous),
             sampler=experiment.SamplerSettings.from_config(config).sampler(),
-            seed=seed,
+            seed=int(experiment.field(config, "seed", 0)),
         )
 
     @property
@@ -383,12 +378,35 @@ class Setup:
 
         return jax.random.fold_in(jax.random.key(self.seed), purpose)
 
-    def fresh_state(self):
+    @functools.cached_property
+    def init_variables(self) -> dict:
+        """The network's initial variables (``experiment.init_variables`` with key 0)."""
+        from scoresde import experiment
+
+        return experiment.init_variables(self.model, self.key(0), self.data_shape)
+
+    def _state(self, variables: dict):
         from scoresde.train import TrainState
 
-        params = self.init_variables["params"]
-        model_state = {k: v for k, v in self.init_variables.items() if k != "params"}
-        return TrainState.create(params, self.optimizer, self.key(1), model_state)
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        return TrainState.create(variables["params"], self.optimizer, self.key(1), model_state)
+
+    def fresh_state(self):
+        """The train state of a fresh run: initial weights, optimizer state, EMA."""
+        return self._state(self.init_variables)
+
+    def abstract_state(self):
+        """:meth:`fresh_state`'s structure, shapes and dtypes, traced without computing it."""
+        import jax
+        import jax.numpy as jnp
+
+        from scoresde import experiment
+
+        def state():
+            shapes = experiment.abstract_variables(self.model, self.data_shape)
+            return self._state(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
+
+        return jax.eval_shape(state)
 
     @functools.cached_property
     def eval_loss_fn(self) -> Callable:
@@ -424,7 +442,7 @@ def _restore(setup: Setup, step: int | None = None):
     directory = _require_checkpoints(setup.workdir)
     with _AtStep(setup.workdir, async_save=False) as manager:
         available = sorted({s for s, _ in CheckpointManager.steps(manager)})
-        restored = manager.restore(setup.fresh_state())
+        restored = manager.restore(setup.abstract_state())
     if restored is None:
         which = "any checkpoint" if step is None else f"a checkpoint at step {step}"
         raise FileNotFoundError(
@@ -680,7 +698,7 @@ def cmd_train(fv, config) -> int:
     log = RunLog(setup.workdir, "train")
     with CheckpointManager(setup.workdir, async_save=False) as manager:
         start = manager.latest_step() or 0
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.init_variables["params"]))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state().params))
     log.info(
         f"config {fv.config}: {config.data.dataset} {setup.data_shape}, {config.training.sde}, "
         f"{config.model.name} ({n_params:,} parameters), batch {training.batch_size}, "

@@ -262,6 +262,24 @@ def test_optimizer_bench_smoke_variants_agree():
     assert all(r["ms_per_update"] > 0 and r["params"] == rows[0]["params"] for r in rows)
 
 
+def test_init_bench_smoke_rows(tmp_path):
+    import init_bench
+
+    out = tmp_path / "init.jsonl"
+    rows = init_bench.main(["--smoke", "--models", "ddpmpp_vp", "--out", str(out)])
+    assert [r["method"] for r in rows] == ["abstract", "host", "device"]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    abstract, host, device = rows
+    # on a CPU the host and the default device are one platform: the same program, the
+    # same bits (a difference would mean init_variables draws other weights than model.init)
+    assert host["bitwise_equal"] == host["leaves"] > 100 and host["max_rel_diff"] == 0.0
+    # tracing alone compiles nothing; the other two compile a program each
+    assert "compile_s" not in abstract and abstract["params"] > 0
+    for r in (host, device):
+        assert 0 < r["compile_s"] <= r["wall_s"]
+        assert abs(r["wall_s"] - r["trace_s"] - r["lower_s"] - r["compile_s"] - r["other_s"]) < 2e-3
+
+
 def test_suite_one_process_per_device(tmp_path, monkeypatch):
     """``--processes 2``: two processes joined on localhost, one device each, one report."""
     out = tmp_path / "mp.jsonl"

@@ -104,7 +104,11 @@ def _saved_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(found)
 
 
-def test_end_to_end(tmp_path, cache_everything):
+def _refuse_init(*args, **kwargs):
+    raise AssertionError("a command that restores a checkpoint computed the initial weights")
+
+
+def test_end_to_end(tmp_path, cache_everything, monkeypatch):
     workdir = tmp_path / "run"
     before = set(tmp_path.iterdir())
 
@@ -129,6 +133,12 @@ def test_end_to_end(tmp_path, cache_everything):
     assert "resuming from step 2" in log
     assert log.count("step 1: loss") == 1 and log.count("step 3: loss") == 1
     assert "train done: step 4/4, 2 steps" in log
+
+    # From here on every command restores a checkpoint, whose target is the train state's
+    # traced shapes (Setup.abstract_state): none may compute the initial weights.
+    from scoresde import experiment
+
+    monkeypatch.setattr(experiment, "init_variables", _refuse_init)
 
     # sample: npz of uint8 images and their float values in [0, 1], plus the PNG grid
     assert _run("sample", workdir, "--num_samples=3", "--batch_size=2") == 0
