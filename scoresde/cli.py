@@ -318,7 +318,7 @@ class Setup:
 
     The network's initial weights are computed only when a command asks for them
     (:attr:`init_variables`, a fresh run's state); restoring a checkpoint needs only the
-    state's structure, shapes and dtypes (:meth:`abstract_state`), which tracing gives
+    state's structure, shapes and dtypes (:attr:`abstract_state`), which tracing gives
     without compiling or running ``model.init``.
 
     Attributes:
@@ -395,6 +395,7 @@ class Setup:
         """The train state of a fresh run: initial weights, optimizer state, EMA."""
         return self._state(self.init_variables)
 
+    @functools.cached_property
     def abstract_state(self):
         """:meth:`fresh_state`'s structure, shapes and dtypes, traced without computing it."""
         import jax
@@ -442,7 +443,7 @@ def _restore(setup: Setup, step: int | None = None):
     directory = _require_checkpoints(setup.workdir)
     with _AtStep(setup.workdir, async_save=False) as manager:
         available = sorted({s for s, _ in CheckpointManager.steps(manager)})
-        restored = manager.restore(setup.abstract_state())
+        restored = manager.restore(setup.abstract_state)
     if restored is None:
         which = "any checkpoint" if step is None else f"a checkpoint at step {step}"
         raise FileNotFoundError(
@@ -698,7 +699,7 @@ def cmd_train(fv, config) -> int:
     log = RunLog(setup.workdir, "train")
     with CheckpointManager(setup.workdir, async_save=False) as manager:
         start = manager.latest_step() or 0
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state().params))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(setup.abstract_state.params))
     log.info(
         f"config {fv.config}: {config.data.dataset} {setup.data_shape}, {config.training.sde}, "
         f"{config.model.name} ({n_params:,} parameters), batch {training.batch_size}, "
