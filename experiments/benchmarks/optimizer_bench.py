@@ -13,7 +13,17 @@ variants can be compared without compiling the network:
   lower bound of any per-leaf scheme (one kernel for the whole update);
 - ``packed``: leaves of fewer than ``2**16`` entries concatenated into one vector per tree
   for the update (and split back), large leaves one by one: the per-leaf arithmetic of
-  ``tree`` with ~150 instead of ~550 leaves.
+  ``tree`` with ~150 instead of ~550 leaves;
+- ``fused``: ``tree``'s arithmetic, operation for operation (bit-identical results, the same
+  optax state), written as one function per leaf with the per-step scalars (clip factor,
+  bias corrections, learning rate) computed once: the question is whether optax's chain of
+  per-leaf transformations costs the compiler anything. It does not: on the CPU (jax
+  0.10.2), NCSN++'s update lowers to the same 23,080 StableHLO ops and optimizes to the same
+  50,390 instructions either way; JAX's tracing already reduces optax's chain to the bare
+  arithmetic.
+
+Every row also has the update program's lowering and compile time and its instruction
+counts, lowered (StableHLO) and optimized (one program, one update, compiled for the device).
 
 Each update runs ``--inner`` times inside one jitted ``lax.fori_loop`` (so the ~2,000 buffer
 arguments are handled once, not per update); the row is the median per update.
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 
@@ -48,7 +59,12 @@ CONFIGS = {
     "ddpmpp_vp": "experiments/configs/vp/cifar10_ddpmpp_continuous.py",
 }
 SMALL = 2**16
+#: optax's step-count increment (renamed in optax 0.2.4), as its ``scale_by_adam`` uses it.
+_increment = getattr(optax, "safe_increment", None) or optax.safe_int32_increment
 EMA_RATE = 0.9999
+#: make_optimizer's arguments here (and its defaults for the betas and eps), which ``fused``
+#: repeats by hand.
+LR, WARMUP, GRAD_CLIP, BETA1, BETA2, EPS = 2e-4, 5000, 1.0, 0.9, 0.999, 1e-8
 
 
 def param_shapes(config) -> dict:
@@ -118,7 +134,45 @@ def make_variants(opt, params):
         new_state = map_param_subtrees(u, new_state, packed_def)
         return u(new_p), new_state, u(new_e)
 
-    return {"tree": tree, "packed": packed}
+    def fused(params, opt_state, ema, grads):
+        clip_state, adam, schedule_state = opt_state
+        norm = sd.train._global_norm(grads)
+        scale = jnp.where(norm < GRAD_CLIP, 1.0, GRAD_CLIP / norm)
+        count = _increment(adam.count)
+        bc1, bc2 = 1 - BETA1**count, 1 - BETA2**count
+        step_size = -1 * optax.linear_schedule(0.0, LR, WARMUP)(schedule_state.count)
+
+        def leaf(g, m, v, p, e):
+            g = (g * scale).astype(g.dtype)
+            m = (1 - BETA1) * g + BETA1 * m
+            v = (1 - BETA2) * (g**2) + BETA2 * v
+            u = (m / bc1.astype(m.dtype)) / (jnp.sqrt(v / bc2.astype(v.dtype) + 0.0) + EPS)
+            p = jnp.asarray(p + u * step_size.astype(u.dtype)).astype(p.dtype)
+            return p, m, v, EMA_RATE * e + (1.0 - EMA_RATE) * p
+
+        out = treedef.flatten_up_to(jax.tree.map(leaf, grads, adam.mu, adam.nu, params, ema))
+        p, m, v, e = (treedef.unflatten([o[i] for o in out]) for i in range(4))
+        adam = adam._replace(count=count, mu=m, nu=v)
+        schedule_state = schedule_state._replace(count=_increment(schedule_state.count))
+        return p, (clip_state, adam, schedule_state), e
+
+    return {"tree": tree, "packed": packed, "fused": fused}
+
+
+def compile_costs(fn, args) -> dict:
+    """Lowering and compile time and instruction counts of one update as its own program."""
+    t0 = time.perf_counter()
+    # a new function object: not the jit cache entry of an earlier call of ``fn``
+    lowered = jax.jit(lambda *a: fn(*a)).lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return {
+        "lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+        "stablehlo_ops": len(re.findall(r"= (?:\"?)[a-z_]+\.[a-z_]+", lowered.as_text())),
+        "hlo_instructions": len(re.findall(r"^\s+(?:ROOT )?\S+ = ", compiled.as_text(), re.M)),
+    }
 
 
 def time_update(fn, args, inner: int, repeats: int) -> float:
@@ -140,7 +194,9 @@ def time_update(fn, args, inner: int, repeats: int) -> float:
 
 def bench(name: str, config, args) -> list[dict]:
     shapes = param_shapes(config)
-    opt = sd.make_optimizer(lr=2e-4, warmup=5000, grad_clip=1.0)
+    opt = sd.make_optimizer(
+        lr=LR, beta1=BETA1, beta2=BETA2, eps=EPS, warmup=WARMUP, grad_clip=GRAD_CLIP
+    )
     params = random_tree(shapes, jax.random.key(0), 0.05)
     grads = random_tree(shapes, jax.random.key(1), 1e-4)
     ema = jax.tree.map(jnp.copy, params)
@@ -156,6 +212,7 @@ def bench(name: str, config, args) -> list[dict]:
     for vname, fn in [*variants.items(), ("flat", None)]:
         if fn is None:
             fopt = opt.init(fparams)
+            costs = compile_costs(lambda *a: update_tree(opt, *a), (fparams, fopt, fema, fgrads))
             ms = time_update(
                 lambda *a: update_tree(opt, *a),
                 (fparams, fopt, fema, fgrads),
@@ -164,6 +221,7 @@ def bench(name: str, config, args) -> list[dict]:
             )
             err = None
         else:
+            costs = compile_costs(fn, (params, opt_state, ema, grads))
             ms = time_update(fn, (params, opt_state, ema, grads), args.inner, args.repeats)
             got = jax.jit(fn)(params, opt_state, ema, grads)
             err = max(
@@ -179,6 +237,7 @@ def bench(name: str, config, args) -> list[dict]:
             "ms_per_update": ms,
             "floor_ms": floor_ms,
             "max_abs_diff_vs_tree": err,
+            **costs,
             "device": jax.devices()[0].device_kind,
         }
         print(json.dumps(row), flush=True)
@@ -200,12 +259,16 @@ def main(argv=None) -> list[dict]:
     for name in args.models.split(","):
         config = load_config(CONFIGS[name] + (":smoke" if args.smoke else ""))
         rows += bench(name, config, args)
-    print("\n| model | variant | leaves | ms per update | floor ms |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| model | variant | leaves | ms per update | floor ms | lower s | compile s "
+        "| StableHLO ops | HLO instructions |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['variant']} | {r['leaves']} | {r['ms_per_update']:.3f} | "
-            f"{r['floor_ms']:.3f} |"
+            f"{r['floor_ms']:.3f} | {r['lower_s']:.2f} | {r['compile_s']:.2f} | "
+            f"{r['stablehlo_ops']} | {r['hlo_instructions']} |"
         )
     return rows
 
