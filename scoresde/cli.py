@@ -399,15 +399,11 @@ class Setup:
     def abstract_state(self):
         """:meth:`fresh_state`'s structure, shapes and dtypes, traced without computing it."""
         import jax
-        import jax.numpy as jnp
 
         from scoresde import experiment
 
-        def state():
-            shapes = experiment.abstract_variables(self.model, self.data_shape)
-            return self._state(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes))
-
-        return jax.eval_shape(state)
+        shapes = experiment.abstract_variables(self.model, self.data_shape)
+        return jax.eval_shape(self._state, shapes)
 
     @functools.cached_property
     def eval_loss_fn(self) -> Callable:

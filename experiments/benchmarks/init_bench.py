@@ -4,7 +4,7 @@ the accelerator, for the host's CPU, or only traced.
 Every ``scoresde`` command builds the network's variables first: a fresh run needs their
 values, a restore only their shapes. ``model.init`` of a full-size network is a program of
 its own: JAX drops the unused forward pass, but each of the ~570 leaves keeps its key
-derivation and random draw, ~60,000 optimized instructions for NCSN++. Per network, in one
+derivation and random draw, ~64,000 optimized instructions for NCSN++ on a CPU. Per network, in one
 process, this script times:
 
 - ``abstract``: :func:`scoresde.experiment.abstract_variables` (tracing only: what the
@@ -15,7 +15,8 @@ process, this script times:
   ``init_variables`` did before it moved to the CPU).
 
 Each row splits its wall time into tracing, lowering and XLA compile (JAX's own
-``jax.monitoring`` durations) and the rest (running, moving). The ``host`` row also
+``jax.monitoring`` durations) and the rest (running, moving, and for ``device`` counting the
+program's instructions: StableHLO ops as lowered, instructions as optimized). The ``host`` row also
 compares its values with the ``device`` row's: the random bits do not depend on the
 platform, the float arithmetic may differ in the last bit (fused multiply-adds).
 
@@ -35,6 +36,7 @@ import argparse
 import collections
 import contextlib
 import json
+import re
 import time
 
 import jax
@@ -117,8 +119,19 @@ def bench(name: str, config, out) -> list[dict]:
     def init(k):  # init_variables' program, before it moved to the CPU
         return model.init({"params": k, "dropout": k}, x, labels, train=False)
 
-    device, row = timed(lambda: dict(jax.jit(init)(key)))
-    rows.append({**common, "method": "device", **row})
+    counts = {}
+
+    def staged():
+        lowered = jax.jit(init).lower(key)
+        compiled = lowered.compile()
+        counts["stablehlo_ops"] = len(re.findall(r"= (?:\"?)[a-z_]+\.[a-z_]+", lowered.as_text()))
+        counts["hlo_instructions"] = len(
+            re.findall(r"^\s+(?:ROOT )?\S+ = ", compiled.as_text(), re.M)
+        )
+        return dict(compiled(key))
+
+    device, row = timed(staged)
+    rows.append({**common, "method": "device", **row, **counts})
     rows[1].update(compare(host, device))
     for r in rows:
         print(json.dumps(r), flush=True)
