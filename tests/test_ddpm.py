@@ -107,7 +107,13 @@ def test_export_reproduces_the_reference_state_dict(fixture):
     assert set(exported) == set(params)
     for key, value in params.items():
         assert exported[key].shape == value.shape, key
-        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+        if key == "module.sigmas":
+            # Recomputed as exp(linspace(log smax, log smin, N)); numpy's exp can differ in
+            # the last bit between releases (numpy 2.4 gives 48 of the fixture's 1000 values
+            # one ulp apart), so this float64 buffer is checked to one ulp, the rest exactly.
+            np.testing.assert_array_max_ulp(exported[key], value, maxulp=1)
+        else:
+            np.testing.assert_array_equal(exported[key], value, err_msg=key)
     assert exported["module.sigmas"].dtype == np.float64
 
 
