@@ -41,7 +41,7 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,9 @@ SAMPLES_DIR = "samples"
 LIKELIHOOD_DIR = "likelihood"
 EVAL_DIR = "eval"
 COMPILATION_CACHE_DIR = "compilation_cache"
+#: XLA flags the commands add to ``XLA_FLAGS`` (:func:`configure_xla_flags`): cuDNN
+#: convolutions recorded into XLA's CUDA graphs with the kernels around them.
+XLA_FLAG_DEFAULTS = ("--xla_gpu_enable_command_buffer=+CONVOLUTION",)
 
 _USAGE = """usage: scoresde COMMAND --config CONFIG_FILE --workdir DIR [--config.section.field=v]
 
@@ -293,6 +296,42 @@ def configure_compilation_cache(setting: str | None, workdir: str | os.PathLike)
         cc.set_cache_dir(path)
         cc.reset_cache()  # a cache opened earlier in this process stays open otherwise
     return path
+
+
+def configure_xla_flags(environ: MutableMapping[str, str] = os.environ) -> str:
+    """Adds :data:`XLA_FLAG_DEFAULTS` to ``XLA_FLAGS``, each unless ``XLA_FLAGS`` sets its option.
+
+    XLA records runs of kernels into CUDA graphs (command buffers) and launches each run with one
+    call, but by default not cuDNN's convolutions, so the host launches each of the ~350
+    convolutions of a full-size NCSN++ train step one by one, and each one splits the graphs
+    around it. With ``+CONVOLUTION`` the whole step is a few graph launches: on an H200 the
+    host's dispatch of a 5-step float32 call fell from 254 ms to 48 ms at the same device time
+    (``docs/benchmarks.md``, ninth round), which leaves the host's CPU to the input pipeline and
+    keeps a host-bound run (bfloat16, several GPUs in one process) fed. XLA reads ``XLA_FLAGS``
+    once, when JAX starts its backends, so :func:`main` calls this first; this changes a
+    process-wide setting, which is why only the command line calls it. A flag of the user's
+    for the same option wins (``--xla_gpu_enable_command_buffer=`` turns all graphs off).
+
+    Args:
+      environ: the environment to update.
+
+    Returns:
+      The new ``XLA_FLAGS``.
+
+    Example:
+      >>> env = {"XLA_FLAGS": "--xla_gpu_autotune_level=2"}
+      >>> configure_xla_flags(env)
+      '--xla_gpu_autotune_level=2 --xla_gpu_enable_command_buffer=+CONVOLUTION'
+      >>> configure_xla_flags({"XLA_FLAGS": "--xla_gpu_enable_command_buffer=FUSION"})
+      '--xla_gpu_enable_command_buffer=FUSION'
+    """
+    flags_ = environ.get("XLA_FLAGS", "").split()
+    options = {f.lstrip("-").split("=", 1)[0] for f in flags_}
+    for flag in XLA_FLAG_DEFAULTS:
+        if flag.lstrip("-").split("=", 1)[0] not in options:
+            flags_.append(flag)
+    environ["XLA_FLAGS"] = " ".join(flags_)
+    return environ["XLA_FLAGS"]
 
 
 # -----------------------------------------------------------------------------------------
@@ -1081,6 +1120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         command, fv, overrides = parse_command_line(argv)
+        configure_xla_flags()
         _initialize_distributed(fv)
         config = load_cli_config(fv.config, overrides)
     except (UsageError, ValueError, FileNotFoundError, TypeError) as e:
@@ -1100,7 +1140,9 @@ __all__ = [
     "COMMANDS",
     "Setup",
     "UsageError",
+    "XLA_FLAG_DEFAULTS",
     "configure_compilation_cache",
+    "configure_xla_flags",
     "dataset_bits_per_dim",
     "dataset_eval_loss",
     "draw_samples",

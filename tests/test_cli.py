@@ -49,11 +49,14 @@ _CACHE_SETTINGS = (
 
 
 @pytest.fixture(autouse=True)
-def restore_cache_settings():
+def restore_cache_settings(monkeypatch):
     """Every test starts without a persistent compilation cache (as a new user's shell, without
     ``JAX_COMPILATION_CACHE_DIR``) and leaves JAX's settings as it found them: ``cli.main``
-    points the cache at the workdir, which must not outlive the test."""
+    points the cache at the workdir, which must not outlive the test. ``cli.main`` also adds to
+    ``XLA_FLAGS``, which ``monkeypatch`` gives back as it was."""
     from jax.experimental.compilation_cache import compilation_cache as cc
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 
     old = {name: getattr(jax.config, name) for name in _CACHE_SETTINGS}
     jax.config.update("jax_compilation_cache_dir", None)
@@ -288,3 +291,36 @@ def test_entry_point_installed():
         [str(exe), "train", "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "--workdir" in proc.stdout and "final_bpd" in proc.stdout
+
+
+def test_configure_xla_flags_adds_defaults_and_keeps_the_users():
+    env = {}
+    assert cli.configure_xla_flags(env) == " ".join(cli.XLA_FLAG_DEFAULTS)
+    assert cli.configure_xla_flags(env) == " ".join(cli.XLA_FLAG_DEFAULTS)  # added once
+    # Another option of the user's stays, first; the user's own value of a default's option wins.
+    env = {"XLA_FLAGS": "--xla_gpu_autotune_level=2"}
+    assert cli.configure_xla_flags(env).split() == ["--xla_gpu_autotune_level=2",
+                                                    *cli.XLA_FLAG_DEFAULTS]  # fmt: skip
+    env = {"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}
+    assert cli.configure_xla_flags(env) == "--xla_gpu_enable_command_buffer="
+
+
+def test_main_sets_xla_flags_before_the_backend_starts(tmp_path):
+    # XLA reads XLA_FLAGS once, when JAX starts a backend, and aborts the process on a flag it
+    # does not know: a fresh process runs main up to the config (bad field: exit 2 after the
+    # flags are set), then compiles, so the defaults must be set and accepted by this XLA.
+    code = (
+        "import os, jax, jax.numpy as jnp\n"
+        "from scoresde import cli\n"
+        f"rc = cli.main(['train', '--config={DIGITS_SMOKE}', '--workdir={tmp_path}',"
+        " '--config.training.no_such_field=1'])\n"
+        "assert rc == 2, rc\n"
+        "assert not jax._src.xla_bridge.backends_are_initialized()\n"
+        "print(os.environ['XLA_FLAGS'])\n"
+        "print(float(jax.jit(lambda x: x + 1)(jnp.ones(()))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == [" ".join(cli.XLA_FLAG_DEFAULTS), "2.0"]
