@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Ninth round, second device call (one H200; the first try was taken back mid-call, and with
+# Ninth round, second device call (asked for an H200, ran on an H100; the first try was taken
+# back mid-call, and with
 # the device time left it is cut to the first pair, under 280 s): the same
 # host for every row, a fresh process per row, no JAX compilation cache.
 # bfloat16 NCSN++ training, 5 steps per call, where the host's dispatch (~140-150 ms a
