@@ -304,13 +304,14 @@ def configure_xla_flags(environ: MutableMapping[str, str] = os.environ) -> str:
     XLA records runs of kernels into CUDA graphs (command buffers) and launches each run with one
     call, but by default not cuDNN's convolutions, so the host launches each of the ~350
     convolutions of a full-size NCSN++ train step one by one, and each one splits the graphs
-    around it. With ``+CONVOLUTION`` the whole step is a few graph launches: on an H200 the
-    host's dispatch of a 5-step float32 call fell from 254 ms to 48 ms at the same device time
-    (``docs/benchmarks.md``, ninth round), which leaves the host's CPU to the input pipeline and
-    keeps a host-bound run (bfloat16, several GPUs in one process) fed. XLA reads ``XLA_FLAGS``
-    once, when JAX starts its backends, so :func:`main` calls this first; this changes a
-    process-wide setting, which is why only the command line calls it. A flag of the user's
-    for the same option wins (``--xla_gpu_enable_command_buffer=`` turns all graphs off).
+    around it. With ``+CONVOLUTION`` they are recorded with the kernels around them: the host's
+    dispatch of a 5-step NCSN++ call fell from 254 ms to 48 ms in float32 (H200, same
+    throughput) and from 163 ms to 38 ms in bfloat16 (H100), where the host had been the
+    limit: +2.1% img/s (``docs/benchmarks.md``, ninth round). The freed CPU time also goes to
+    the input pipeline. XLA reads ``XLA_FLAGS`` once, when JAX starts its backends, so
+    :func:`main` calls this first; this changes a process-wide setting, which is why only the
+    command line calls it. A flag of the user's for the same option wins
+    (``--xla_gpu_enable_command_buffer=`` turns all graphs off).
 
     Args:
       environ: the environment to update.
