@@ -1,8 +1,10 @@
 """Forward SDEs of score-based generative modeling: VP, sub-VP and VE.
 
-Each SDE is an immutable `flax.struct` dataclass. Its hyperparameters are PyTree
+Each SDE is an immutable dataclass with `flax.struct` fields. Its hyperparameters are PyTree
 leaves (so an SDE can be passed through `jax.jit` and `jax.vmap`), the number of
-discretization steps ``N`` is static metadata. All methods are pure.
+discretization steps ``N`` is static metadata. All methods are pure. The PyTree structure
+holds the SDE's class (:mod:`scoresde.pytree_dataclass`), so a jitted function never mixes up
+the programs it traced for VP, sub-VP and VE, whose structures would otherwise compare equal.
 
 Everything that differs between the SDEs lives here as a method, so that samplers,
 losses and the likelihood never branch on the SDE's class:
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from scoresde import pytree_dataclass
 from scoresde._utils import (
     batch_broadcast,
     check_batch_time,
@@ -154,7 +157,7 @@ class SDE(abc.ABC):
         r"""The :math:`\alpha_i` of the Langevin step size :math:`2\alpha_i(r\|z\|/\|s\|)^2`, ``(B,)``."""
 
 
-@struct.dataclass
+@pytree_dataclass.dataclass
 class VPSDE(SDE):
     r"""Variance-preserving SDE, the continuous limit of DDPM.
 
@@ -286,7 +289,7 @@ class VPSDE(SDE):
         return self.alphas[_discrete_index(t, self.N)]
 
 
-@struct.dataclass
+@pytree_dataclass.dataclass
 class SubVPSDE(SDE):
     r"""Sub-variance-preserving SDE.
 
@@ -394,7 +397,7 @@ class SubVPSDE(SDE):
         return 1.0 - self.discrete_betas[_discrete_index(t, self.N)]
 
 
-@struct.dataclass
+@pytree_dataclass.dataclass
 class VESDE(SDE):
     r"""Variance-exploding SDE, the continuous limit of SMLD/NCSN.
 
@@ -502,7 +505,7 @@ class VESDE(SDE):
         return jnp.ones_like(t)
 
 
-@struct.dataclass
+@pytree_dataclass.dataclass
 class ReverseSDE:
     r"""The reverse-time SDE of a forward SDE, driven by a score function.
 

@@ -422,3 +422,39 @@ def test_reverse_sde_recovers_data_mean_and_covariance(sde, key):
     # Euler-Maruyama steps (~1e-2 relative near t = eps for VP, where beta is largest).
     np.testing.assert_allclose(got_mean, a[0, 0] * mean, atol=0.03)
     np.testing.assert_allclose(got_cov, want_cov, atol=0.03)
+
+
+class _CollidingKey:
+    """A dictionary key with one hash for all: lookups decide by the structures' equality alone,
+    as a jit cache does when two keys meet in one hash bucket."""
+
+    def __init__(self, treedef):
+        self.treedef = treedef
+
+    def __hash__(self):
+        return 0
+
+    def __eq__(self, other):
+        return self.treedef == other.treedef
+
+
+def test_sde_structures_name_their_class():
+    # With flax.struct.dataclass the three structures compared equal (same leaf count, same N),
+    # and one CI run of the Euler-Maruyama test above got VP's program for a sub-VP SDE.
+    sdes = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
+    cache = {_CollidingKey(jax.tree.structure(s)): type(s) for s in sdes}
+    assert len(cache) == 3
+    for s in sdes:
+        assert cache[_CollidingKey(jax.tree.structure(s))] is type(s)
+        assert jax.tree.structure(s) == jax.tree.structure(s.replace(N=s.N))
+        assert jax.tree.structure(s) != jax.tree.structure(s.replace(N=s.N + 1))
+        # leaves, key paths and a round trip (unflattening runs the constructor's checks)
+        assert jax.tree.map(lambda v: v, s) == s
+        assert len(jax.tree_util.tree_flatten_with_path(s)[0]) == 2
+    rev = [s.reverse(lambda x, t: -x) for s in sdes]
+    assert len({_CollidingKey(jax.tree.structure(r)) for r in rev}) == 3
+    # One jitted function traced for each class returns each class's own diffusion.
+    g = jax.jit(lambda s, x, t: s.sde(x, t)[1])
+    x, t = jnp.zeros((1, 1)), jnp.full((1,), 0.5)
+    for s in sdes * 2:
+        np.testing.assert_allclose(g(s, x, t), s.sde(x, t)[1], rtol=1e-6)
