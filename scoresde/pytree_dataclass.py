@@ -75,7 +75,9 @@ def dataclass(cls: T) -> T:
 
     def unflatten(aux, children):
         _, meta_values = aux
-        return cls(**dict(zip(data, children, strict=True)), **dict(zip(meta, meta_values, strict=True)))
+        return cls(
+            **dict(zip(data, children, strict=True)), **dict(zip(meta, meta_values, strict=True))
+        )
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
 
