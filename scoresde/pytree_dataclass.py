@@ -4,10 +4,10 @@ r"""Immutable PyTree dataclasses whose PyTree structure names their class.
 the jax 0.10 tested here, two structures of that kind compare equal whenever they have the same
 number of leaves and the same static values, whatever their classes:
 ``jax.tree.structure(VPSDE()) == jax.tree.structure(SubVPSDE())`` was ``True`` (their hashes
-differ). A cache keyed by structures, such as ``jax.jit``'s, then hands out the entry of the
-other class whenever the two keys meet in one hash bucket, and the program traced for VP runs
-for a sub-VP SDE. That happened once in this project's CI: a sub-VP Euler-Maruyama test drew
-VP's marginal variance (0.9288 against sub-VP's 0.8552; VP's is 0.9280).
+differ). A cache keyed by structures, such as ``jax.jit``'s, can then hand out the entry of
+the other class when the two keys meet in one hash bucket, so that the program traced for VP
+runs for a sub-VP SDE. A run of this project's CI script showed it once: a sub-VP
+Euler-Maruyama test drew VP's marginal variance (0.9288; VP's is 0.9280, sub-VP's 0.8552).
 
 :func:`dataclass` makes the same frozen dataclass, with fields declared as for
 ``flax.struct`` (``flax.struct.field(pytree_node=False)`` for static fields), but registers it

@@ -440,7 +440,7 @@ class _CollidingKey:
 
 def test_sde_structures_name_their_class():
     # With flax.struct.dataclass the three structures compared equal (same leaf count, same N),
-    # and one CI run of the Euler-Maruyama test above got VP's program for a sub-VP SDE.
+    # and one run of the CI script's Euler-Maruyama test above got VP's program for sub-VP.
     sdes = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
     cache = {_CollidingKey(jax.tree.structure(s)): type(s) for s in sdes}
     assert len(cache) == 3
