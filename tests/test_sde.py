@@ -458,3 +458,16 @@ def test_sde_structures_name_their_class():
     x, t = jnp.zeros((1, 1)), jnp.full((1,), 0.5)
     for s in sdes * 2:
         np.testing.assert_allclose(g(s, x, t), s.sde(x, t)[1], rtol=1e-6)
+
+
+def test_pytree_dataclass_refuses_fields_the_constructor_cannot_take():
+    import dataclasses
+
+    from scoresde import pytree_dataclass
+
+    class Bad:
+        x: float = 1.0
+        cache: int = dataclasses.field(default=0, init=False)
+
+    with pytest.raises(TypeError, match=r"Bad.*init=False fields \['cache'\]"):
+        pytree_dataclass.dataclass(Bad)
