@@ -206,6 +206,70 @@ def test_bad_arguments_are_refused():
         sd.models.DDPM(group_norm_impl="cudnn")
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("train", [False, True])
+def test_shift_is_added_before_the_normalization(np_rng, impl, train):
+    """``shift=t`` normalizes ``x + t[:, None, None, :]``: the value and the derivatives (both
+    modes, as ``train`` selects them) equal those of the explicit add. Same operations in the
+    same order on the XLA path (the barrier is an identity on values): equal to float32
+    rounding; the interpreted kernel to its own summation order."""
+    x, scale, bias = inputs(np_rng, (2, 4, 4, 16))
+    t = jnp.asarray(np_rng.standard_normal((2, 16)), jnp.float32)
+    kw = dict(num_groups=4, silu=True, impl=impl, train=train, interpret=impl == "pallas")
+
+    def shifted(x, t, scale):
+        return group_norm(x, scale, bias, shift=t, **kw)
+
+    def explicit(x, t, scale):
+        return group_norm(x + t[:, None, None, :], scale, bias, **kw)
+
+    np.testing.assert_allclose(shifted(x, t, scale), explicit(x, t, scale), rtol=1e-6, atol=1e-6)
+    w = jnp.asarray(np_rng.standard_normal(x.shape), jnp.float32)
+    grads = [
+        jax.grad(lambda *a, f=f: jnp.sum(w * f(*a)), (0, 1, 2))(x, t, scale)
+        for f in (shifted, explicit)
+    ]
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    if not train:  # forward mode: the likelihood's jvp through the network
+        tangents = (w, t, scale)
+        got = jax.jvp(shifted, (x, t, scale), tangents)[1]
+        np.testing.assert_allclose(
+            got, jax.jvp(explicit, (x, t, scale), tangents)[1], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_shift_barrier_on_the_inference_value_only():
+    """The XLA path with ``train=False`` adds ``shift`` behind one optimization barrier on the
+    value of ``x`` (so XLA cannot fold the add into the convolution before it); derivatives
+    carry none (the forward-mode and gradient programs hold the one barrier of the primal);
+    ``train=True``, the training step's program, has none: it is the program of the explicit
+    add, op for op."""
+    x, ones, t = jnp.ones((2, 4, 4, 8)), jnp.ones(8), jnp.ones((2, 8))
+
+    def program(fn, *args):
+        return jax.jit(fn).trace(*args).lower().as_text()
+
+    def gn(x, t, train):
+        return group_norm(x, ones, ones, num_groups=2, impl="xla", train=train, shift=t)
+
+    barrier = "stablehlo.optimization_barrier"
+    assert program(lambda x: gn(x, t, False), x).count(barrier) == 1
+    loss = lambda x, t: jnp.sum(gn(x, t, False) ** 2)  # noqa: E731
+    assert program(jax.grad(loss, (0, 1)), x, t).count(barrier) == 1
+    assert program(lambda x: jax.jvp(lambda x: gn(x, t, False), (x,), (x,)), x).count(barrier) == 1
+    train_step = lambda x, t: jax.grad(lambda x: jnp.sum(gn(x, t, True) ** 2))(x)  # noqa: E731
+    explicit = lambda x, t: jax.grad(  # noqa: E731
+        lambda x: jnp.sum(
+            group_norm(x + t[:, None, None, :], ones, ones, num_groups=2, impl="xla", train=True)
+            ** 2
+        )
+    )(x)
+    assert program(train_step, x, t) == program(explicit, x, t)
+    with pytest.raises(ValueError, match=r"shift must have shape \(B, C\) = \(2, 8\)"):
+        group_norm(x, ones, ones, num_groups=2, shift=jnp.ones((2, 1, 1, 8)))
+
+
 def test_module_params_and_activations(np_rng):
     x, scale, bias = inputs(np_rng, (2, 4, 4, 8))
     variables = {"params": {"scale": scale, "bias": bias}}

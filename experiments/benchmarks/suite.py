@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import scoresde as sd
+import scoresde.models.group_norm as gn_module
 from scoresde.config_loading import load_config
 from scoresde.experiment import loss_fn_from_config
 from scoresde.models.group_norm import default_backend_is_cuda
@@ -102,6 +103,7 @@ def emit(record: dict, out) -> None:
         "device": jax.local_devices()[0].device_kind,
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "shift_after_barrier": gn_module.SHIFT_AFTER_BARRIER,
         **record,
     }
     line = json.dumps(record)
@@ -654,7 +656,16 @@ def main(argv=None) -> None:
     )
     p.add_argument("--pc-repeats", type=int, default=1)
     p.add_argument("--ode-rtol", type=float, default=1e-5, help="ODE sampler rtol = atol")
+    p.add_argument(
+        "--shift-in-convolution",
+        action="store_true",
+        help="the ResNet blocks' time-embedding add where XLA puts it by itself, into the "
+        "convolution before it as cuDNN's side input (scoresde.models.group_norm."
+        "SHIFT_AFTER_BARRIER = False), instead of behind a barrier, fused into the GroupNorm",
+    )
     args = p.parse_args(argv)
+    if args.shift_in_convolution:
+        gn_module.SHIFT_AFTER_BARRIER = False
     if args.processes < 1:
         p.error(f"--processes must be >= 1, got {args.processes}")
     if args.processes > 1 and args.process_id is None:

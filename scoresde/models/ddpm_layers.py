@@ -103,10 +103,8 @@ class ResnetBlockDDPM(nn.Module):
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
         h = group_norm("GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
         h = conv3x3(self.out_ch, "Conv_0", dtype=self.dtype)(h)
-        if temb is not None:
-            temb_out = dense(self.out_ch, "Dense_0", dtype=self.dtype)(self.act(temb))
-            h = h + temb_out[:, None, None, :]
-        h = group_norm("GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train)
+        t = None if temb is None else dense(self.out_ch, "Dense_0", self.dtype)(self.act(temb))
+        h = group_norm("GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train, shift=t)
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
         h = conv3x3(self.out_ch, "Conv_1", init_scale=0.0, dtype=self.dtype)(h)
         if x.shape[-1] != self.out_ch:

@@ -64,6 +64,15 @@ NUM_WARPS = 8
 #: beats XLA's fusions (forward+backward up to 4x at 4x4), at 32x32 it ties or loses (batch
 #: 512 bfloat16 forward+backward 0.91 against 0.75 ms).
 AUTO_MAX_ROWS = 256
+#: Whether the XLA path of :func:`group_norm` with ``train=False`` adds its ``shift`` after
+#: an optimization barrier on the value of ``x``. Without it, XLA folds ``x + shift`` into the
+#: cuDNN convolution that made ``x`` (its *side input*, a full ``(B, H, W, C)`` tensor), so the
+#: broadcast shift is written out and read back; behind the barrier the add fuses into the
+#: normalization's own passes. Measured on an H100 (``docs/benchmarks.md``, tenth round): the
+#: batch-512 forward 3.4-4.3% faster; the training step's throughput the same within noise
+#: but its cold compile 13-16 s longer, so ``train=True`` leaves the add to XLA. Benchmarks set
+#: it to ``False`` for the comparison.
+SHIFT_AFTER_BARRIER = True
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -396,6 +405,22 @@ def _xla_group_norm(x, scale, bias, num_groups, eps, fast_variance, out_dtype):
     return jnp.asarray(y * mul + bias, out_dtype)
 
 
+@jax.custom_jvp
+def _forward_barrier(x: jax.Array) -> jax.Array:
+    """``lax.optimization_barrier`` on the value only: derivatives pass through untouched.
+
+    The barrier decides where XLA fuses the forward pass's add (:data:`SHIFT_AFTER_BARRIER`);
+    differentiating ``lax.optimization_barrier`` itself would put barriers on the tangents
+    and cotangents too, and constrain the gradient's fusions for nothing.
+    """
+    return lax.optimization_barrier(x)
+
+
+@_forward_barrier.defjvp
+def _forward_barrier_jvp(primals, tangents):
+    return _forward_barrier(primals[0]), tangents[0]
+
+
 def default_backend_is_cuda() -> bool:
     """Whether JAX's default backend is a CUDA GPU: where ``impl="auto"`` takes the kernel.
 
@@ -427,6 +452,7 @@ def group_norm(
     fast_variance: bool = True,
     train: bool = False,
     impl: Impl = "auto",
+    shift: jax.Array | None = None,
     interpret: bool = False,
     tile_elements: int = TILE_ELEMENTS,
     channel_block: int | None = None,
@@ -436,7 +462,8 @@ def group_norm(
 
     :math:`y = \phi(\gamma (x - \mu_g) / \sqrt{\sigma_g^2 + \epsilon} + \beta)` with the
     statistics over :math:`(H, W)` and the channels of each group (the module docstring
-    has the details).
+    has the details). With ``shift`` :math:`s`, of ``(B, C)``, the input is
+    :math:`x_{bhwc} + s_{bc}` (a ResNet block's time embedding).
 
     Args:
       x: ``(B, H, W, C)``, any float dtype.
@@ -450,6 +477,9 @@ def group_norm(
         rather than two-pass; the kernel always uses the shifted form (module docstring).
       train: the kernel's differentiation (module docstring): ``True`` for the hand-written
         backward kernel (reverse mode only), ``False`` to keep forward mode.
+      shift: ``(B, C)``, added to every pixel of ``x`` before the normalization; ``None``
+        for none. With ``train=False`` the XLA path adds it behind a barrier on ``x``
+        (:data:`SHIFT_AFTER_BARRIER`); the value is the same either way.
       impl: ``"auto"`` (the kernel where JAX's default backend is a CUDA GPU, decided at
         trace time by :func:`default_backend_is_cuda`, for the shapes it covers up to
         ``AUTO_MAX_ROWS`` pixels, where it measured faster; XLA otherwise), ``"xla"``, or
@@ -478,16 +508,31 @@ def group_norm(
             f"group_norm: num_groups={num_groups} must be positive and divide the channels "
             f"(last axis) of x, shape {x.shape}."
         )
-    out_dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, scale, bias)
+    if shift is not None and (shift.ndim != 2 or shift.shape != (x.shape[0], x.shape[-1])):
+        raise ValueError(
+            f"group_norm: shift must have shape (B, C) = {(x.shape[0], x.shape[-1])} for x of "
+            f"shape {x.shape}, got {shift.shape}."
+        )
+    x_dtype = x.dtype if shift is None else jnp.result_type(x, shift)
+    out_dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x_dtype, scale, bias)
+
+    def shifted(x, barrier):
+        if shift is None:
+            return x
+        if barrier:
+            x = _forward_barrier(x)
+        # indexed as the blocks wrote it (t[:, None, None, :]): the same program, op for op
+        return x + shift[(slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)]
 
     def xla(x, scale, bias):
+        x = shifted(x, SHIFT_AFTER_BARRIER and not train)
         y = _xla_group_norm(x, scale, bias, num_groups, epsilon, fast_variance, out_dtype)
         return jax.nn.silu(y) if silu else y
 
     if impl == "xla":
         return xla(x, scale, bias)
     blocks = kernel_blocks(
-        x.shape, num_groups, jnp.dtype(x.dtype).itemsize, tile_elements, channel_block
+        x.shape, num_groups, jnp.dtype(x_dtype).itemsize, tile_elements, channel_block
     )
     if impl == "auto" and x.ndim == 4 and x.shape[1] * x.shape[2] > AUTO_MAX_ROWS:
         return xla(x, scale, bias)
@@ -497,7 +542,9 @@ def group_norm(
     kernel = _kernel_reverse if train else _kernel_forward_mode
 
     def fused(x, scale, bias):
-        return kernel(cfg, x, scale, bias)
+        # the kernel reads a materialized input: here XLA may as well fold the add into the
+        # convolution that made x
+        return kernel(cfg, shifted(x, False), scale, bias)
 
     if impl == "pallas" or interpret or default_backend_is_cuda():
         return fused(x, scale, bias)
@@ -536,7 +583,10 @@ class GroupNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool = False, shift: jax.Array | None = None
+    ) -> jax.Array:
+        """Normalizes ``x`` (plus ``shift``, ``(B, C)``, if given; see :func:`group_norm`)."""
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -552,6 +602,7 @@ class GroupNorm(nn.Module):
             fast_variance=self.fast_variance,
             train=train,
             impl=self.impl,
+            shift=shift,
         )
         if self.act is not None and not fuse_silu:
             y = self.act(y)

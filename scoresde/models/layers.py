@@ -369,9 +369,10 @@ class ResnetBlockDDPMpp(nn.Module):
         out_ch = self.out_ch if self.out_ch else in_ch
         h = group_norm(in_ch, "GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
         h = conv3x3(out_ch, "Conv_0", dtype=self.dtype)(h)
-        if temb is not None:
-            h = h + dense(out_ch, "Dense_0", self.dtype)(self.act(temb))[:, None, None, :]
-        h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train)
+        t = None if temb is None else dense(out_ch, "Dense_0", self.dtype)(self.act(temb))
+        h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(
+            h, train, shift=t
+        )
         h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, "Conv_1", init_scale=self.init_scale, dtype=self.dtype)(h)
         if in_ch != out_ch:
@@ -435,9 +436,10 @@ class ResnetBlockBigGANpp(nn.Module):
                 h = fir_ops.naive_downsample_2d(h, 2)
                 x = fir_ops.naive_downsample_2d(x, 2)
         h = conv3x3(out_ch, "Conv_0", dtype=self.dtype)(h)
-        if temb is not None:
-            h = h + dense(out_ch, "Dense_0", self.dtype)(self.act(temb))[:, None, None, :]
-        h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(h, train)
+        t = None if temb is None else dense(out_ch, "Dense_0", self.dtype)(self.act(temb))
+        h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(
+            h, train, shift=t
+        )
         h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, "Conv_1", init_scale=self.init_scale, dtype=self.dtype)(h)
         if in_ch != out_ch or self.up or self.down:
