@@ -25,6 +25,11 @@ Variants (same function, same parameters):
 Each row: median ms of the forward and of forward+backward (gradients for the input, the
 kernel, ``t``, and the GroupNorm scale and bias), and the max difference from ``as_written``.
 
+The networks took another route (``docs/benchmarks.md``, tenth round): at inference the add
+stays as written but behind an optimization barrier, so XLA fuses it into the GroupNorm's
+passes (``scoresde.models.group_norm.SHIFT_AFTER_BARRIER``); ``suite.py
+--shift-in-convolution`` compares the two in the whole network.
+
 GPU run (the shapes of DDPM++'s 32x32 blocks; batch 512 is the forward benchmark's)::
 
     PYTHONPATH=. python experiments/benchmarks/temb_shift_bench.py
