@@ -270,6 +270,37 @@ def test_shift_barrier_on_the_inference_value_only():
         group_norm(x, ones, ones, num_groups=2, shift=jnp.ones((2, 1, 1, 8)))
 
 
+@pytest.mark.parametrize("family", ["ncsnpp", "ddpm"])
+def test_networks_pass_the_time_embedding_as_shift(family):
+    """Every ResNet block hands its time embedding to GroupNorm_1 as ``shift``: the inference
+    program holds one barrier per block (each block has one GroupNorm_1), the training
+    program none."""
+    if family == "ddpm":
+        model = sd.models.DDPM(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+        labels = jnp.array([10, 500])
+    else:
+        model = sd.models.NCSNpp(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+        labels = jnp.array([0.5, 3.0])
+    x = jnp.ones((2, 8, 8, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x, labels)
+    blocks = (
+        sum(
+            "GroupNorm_1" in jax.tree_util.keystr(path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]
+        )
+        // 2
+    )  # scale and bias
+    assert blocks >= 4
+
+    def barriers(train):
+        fn = lambda v: model.apply(v, x, labels, train=train, rngs={"dropout": jax.random.key(1)})  # noqa: E731
+        text = jax.jit(fn).trace(variables).lower().as_text()
+        return text.count("stablehlo.optimization_barrier")
+
+    assert barriers(False) == blocks
+    assert barriers(True) == 0
+
+
 def test_module_params_and_activations(np_rng):
     x, scale, bias = inputs(np_rng, (2, 4, 4, 8))
     variables = {"params": {"scale": scale, "bias": bias}}
