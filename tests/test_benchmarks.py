@@ -222,6 +222,42 @@ def test_hlo_index_reads_kinds_and_sources():
     assert profile_step.kind_category("__cudnn$convForward", "sm90_xmma") == "convolution (cuDNN)"
 
 
+def test_profile_counts_launches_pauses_and_convolution_flops(capsys):
+    """One kernel name launched for several identical fusions is reported with its launch
+    count; pauses up to CALL_GAP_NS count as idle inside a call; cuDNN convolution kernels
+    inside CUDA graphs (no HLO kind) are known by name; the forward convolutions' FLOPs come
+    from the HLO's shapes (2 * outputs * I * kh * kw), and a program with a backward
+    convolution gets none."""
+    conv = (
+        "%w = bf16[128,3,3,64]{3,2,1,0} parameter(1)\n"
+        "%c = (bf16[512,32,32,128]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), window={size=3x3}, "
+        'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBiasActivationForward"\n'
+    )
+    flops = 2 * (512 * 32 * 32 * 128) * 64 * 3 * 3
+    assert profile_step.forward_convolution_flops(conv) == flops
+    backward = conv + conv.replace("%c =", "%d =").replace(
+        "convBiasActivationForward", "convBackwardInput"
+    )
+    assert profile_step.forward_convolution_flops(backward) is None
+    ms = 1e6  # ns
+    events = [  # two calls: fusion.1 twice per call, one convolution, 0.1 ms pauses
+        ("loop_fusion_1", "command_buffer_1", 0.0, 1 * ms),
+        ("sm90_xmma_fprop_implicit_gemm", "command_buffer_1", 1.1 * ms, 2 * ms),
+        ("loop_fusion_1", "command_buffer_1", 3.2 * ms, 1 * ms),
+        ("loop_fusion_1", "command_buffer_1", 10 * ms, 1 * ms),
+        ("sm90_xmma_fprop_implicit_gemm", "command_buffer_1", 11.1 * ms, 2 * ms),
+        ("loop_fusion_1", "command_buffer_1", 13.2 * ms, 1 * ms),
+    ]
+    index = profile_step.hlo_index("  %loop_fusion.1 = f32[2]{0} fusion(%p), kind=kLoop\n")
+    profile_step.summarize(events, index, 2, 5, "t", conv_flops=flops)
+    text = capsys.readouterr().out
+    assert "3 kernels per call, 0.20 ms per call of pauses" in text
+    assert "39 TFLOP/s" in text  # 0.077 TFLOP per call in 2 ms
+    rows = {r[0]: r for r in _table_rows(text)}
+    assert rows["loop_fusion_1"][2] == "2" and rows["loop_fusion_1"][3] == "2.000"
+    assert rows["convolution (cuDNN)"][1] == "2.000"
+
+
 def test_temb_shift_folded_into_groupnorm_is_the_same_function(capsys, np_rng):
     """GroupNorm(h + t) from per-channel sums of h (the shift never materialized) equals the
     GroupNorm of the shifted tensor, values and gradients, in float32."""

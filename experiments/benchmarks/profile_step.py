@@ -88,10 +88,58 @@ def lookup(index: dict, hlo_op: str, kernel: str) -> tuple[str, str]:
     return index.get(kernel, index.get(hlo_op, ("?", "")))
 
 
+_CONV_KERNEL_TAGS = ("fprop", "dgrad", "wgrad")
+_CONV_TARGETS = ("__cudnn$convForward", "__cudnn$convBiasActivationForward")
+
+
+def forward_convolution_flops(hlo_text: str) -> float | None:
+    r"""FLOPs of one run of the entry computation's cuDNN forward convolutions.
+
+    :math:`2 \cdot |\text{output}| \cdot I \cdot k_h k_w` per convolution, with the kernel's
+    input features :math:`I` and window read from its ``dim_labels``. ``None`` when the program
+    also holds backward convolutions (a train step), whose kernels the trace does not tell apart.
+
+    Example:
+      >>> hlo = (
+      ...     "%w = f32[8,3,3,4]{3,2,1,0} parameter(1)\n"
+      ...     "%c = (f32[2,5,5,8]{3,2,1,0}, u8[0]{0}) custom-call(%x, %w), "
+      ...     'dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"'
+      ... )
+      >>> forward_convolution_flops(hlo) == 2 * (2 * 5 * 5 * 8) * 4 * 3 * 3
+      True
+    """
+    shapes = {
+        m.group(1): [int(d) for d in m.group(2).split(",") if d]
+        for m in re.finditer(r"%([\w.\-]+) = \(?\w+\[([\d,]*)\]", hlo_text)
+    }
+    flops = 0.0
+    for line in hlo_text.splitlines():
+        target = re.search(r'custom_call_target="(__cudnn\$conv\w*)"', line)
+        if not target:
+            continue
+        if target.group(1) not in _CONV_TARGETS:
+            return None
+        out = re.search(r"= \(?\w+\[([\d,]+)\]", line).group(1)
+        operands = re.search(r"custom-call\(([^)]*)\)", line).group(1).split(", ")
+        kernel = shapes[operands[1].lstrip("%")]
+        labels = re.search(r"dim_labels=\w+_(\w+)->", line).group(1)
+        per_output = 1
+        for label, size in zip(labels, kernel, strict=True):
+            if label != "o":
+                per_output *= size
+        outputs = 1
+        for size in out.split(","):
+            outputs *= int(size)
+        flops += 2.0 * outputs * per_output
+    return flops
+
+
 def kind_category(kind: str, kernel: str) -> str:
     """A coarse category for a kernel from its HLO kind and kernel name."""
     k, n = kind.lower(), kernel.lower()
-    if "conv" in k or "cudnn" in k and "conv" in n:
+    # inside a CUDA graph a kernel has no HLO kind: cuDNN's convolution kernels are known by
+    # their names (``..._fprop_implicit_gemm...``, ``dgrad``, ``wgrad``)
+    if "conv" in k or "cudnn" in k and "conv" in n or any(t in n for t in _CONV_KERNEL_TAGS):
         return "convolution (cuDNN)"
     if "gemm" in k or "matmul" in k or "cublas" in k or "__triton_gemm" in n or "gemm" in n:
         return "matmul (GEMM)"
@@ -233,32 +281,61 @@ def compile_summary(xplane_path: str, top: int) -> None:
             print(f"| {name[:80]} | {count} | {seconds:.2f} |")
 
 
-def summarize(events, index: dict, steps: int, top: int, tag: str) -> None:
-    """Prints the kernel-kind, layer and top-instruction tables of one trace."""
-    by_cat, by_layer, by_op = (collections.Counter() for _ in range(3))
+#: A pause between two kernels longer than this is counted as between calls, not inside one.
+CALL_GAP_NS = 1e6
+
+
+def summarize(
+    events, index: dict, steps: int, top: int, tag: str, conv_flops: float | None = None
+) -> None:
+    """Prints the kernel-kind, layer and top-kernel tables of one trace.
+
+    The top table counts each kernel's launches per call: XLA emits one kernel for identical
+    fusions, so one name can stand for many instructions. ``conv_flops``
+    (:func:`forward_convolution_flops`) adds the convolutions' achieved rate.
+    """
+    by_cat, by_layer, by_op, launches = (collections.Counter() for _ in range(4))
     total = 0.0
     for kernel, hlo_op, _, dur in events:
         kind, op_name = lookup(index, hlo_op, kernel)
         total += dur
         by_cat[kind_category(kind, kernel)] += dur
         by_layer[layer_of(op_name)] += dur
-        by_op[(kernel[:50], kind, op_name[-90:])] += dur
+        key = (kernel[:50], kind, op_name[-90:])
+        by_op[key] += dur
+        launches[key] += 1
     if total == 0:
         print(f"# {tag}: no kernels in the trace")
         return
-    span = max(s + d for _, _, s, d in events) - min(s for _, _, s, _ in events)
+    starts = sorted((s, s + d) for _, _, s, d in events)
+    span = max(end for _, end in starts) - starts[0][0]
+    pauses = [b[0] - a[1] for a, b in zip(starts, starts[1:], strict=False)]
+    inside = sum(p for p in pauses if 0 < p <= CALL_GAP_NS)
     print(
         f"\n# {tag}: {total / steps / 1e6:.2f} ms of kernels per call, "
         f"{span / steps / 1e6:.2f} ms from the first kernel's start to the last's end "
-        f"(per call, {steps} calls; the difference is idle device time)"
+        f"(per call, {steps} calls; the difference is idle device time); "
+        f"{len(events) / steps:.0f} kernels per call, {inside / steps / 1e6:.2f} ms per call of "
+        f"pauses between consecutive kernels up to {CALL_GAP_NS / 1e6:g} ms (inside a call)"
     )
+    conv_ns = by_cat["convolution (cuDNN)"]
+    if conv_flops and conv_ns:
+        print(
+            f"# forward convolutions: {conv_flops / 1e12:.2f} TFLOP per call in "
+            f"{conv_ns / steps / 1e6:.2f} ms, {conv_flops * steps / conv_ns / 1e3:.0f} TFLOP/s"
+        )
     for title, counter in (("kernel kind", by_cat), ("layer", by_layer)):
         print(f"\n| {title} | ms per call | share |\n|---|---|---|")
         for key, dur in counter.most_common():
             print(f"| {key} | {dur / steps / 1e6:.3f} | {dur / total:.1%} |")
-    print("\n| kernel | kind | ms per call | share | source |\n|---|---|---|---|---|")
-    for (op, kind, src), dur in by_op.most_common(top):
-        print(f"| {op} | {kind} | {dur / steps / 1e6:.3f} | {dur / total:.1%} | {src} |")
+    print(
+        "\n| kernel | kind | launches per call | ms per call | share | source |"
+        "\n|---|---|---|---|---|---|"
+    )
+    for key, dur in by_op.most_common(top):
+        op, kind, src = key
+        n = launches[key] / steps
+        print(f"| {op} | {kind} | {n:g} | {dur / steps / 1e6:.3f} | {dur / total:.1%} | {src} |")
 
 
 def _read_maybe_gzipped(path: str) -> bytes:
@@ -325,8 +402,10 @@ def main(argv=None) -> None:
             f.write(xplane)
             f.flush()
             events = device_events(f.name)
-            index = hlo_index(hlo.decode())
-            summarize(events, index, args.steps, args.top, args.from_files[0])
+            text = hlo.decode()
+            index = hlo_index(text)
+            flops = forward_convolution_flops(text)
+            summarize(events, index, args.steps, args.top, args.from_files[0], flops)
             host_summary(f.name, index, args.steps)
         return
     args.batch = args.batch or (2 if args.smoke else 128)
@@ -360,7 +439,8 @@ def main(argv=None) -> None:
         with gzip.open(f"{args.out}/{tag}.hlo.txt.gz", "wt") as dst:
             dst.write(compiled.as_text())
 
-    summarize(device_events(paths[0]), index, args.steps, args.top, tag)
+    flops = forward_convolution_flops(compiled.as_text())
+    summarize(device_events(paths[0]), index, args.steps, args.top, tag, flops)
     host_summary(paths[0], index, args.steps)
 
 
