@@ -500,6 +500,11 @@ def group_norm(
       >>> y = group_norm(x, jnp.ones(8), jnp.zeros(8), num_groups=2)
       >>> float(jnp.round(y[0, ..., :4].mean(), 5)), float(jnp.round(y[0, ..., :4].std(), 3))
       (0.0, 1.0)
+      >>> t = jnp.arange(2 * 8, dtype=jnp.float32).reshape(2, 8)  # a shift per example, channel
+      >>> ys = group_norm(x, jnp.ones(8), jnp.zeros(8), num_groups=2, shift=t)
+      >>> yt = group_norm(x + t[:, None, None, :], jnp.ones(8), jnp.zeros(8), num_groups=2)
+      >>> bool(jnp.allclose(ys, yt))
+      True
     """
     if impl not in IMPLS:
         raise ValueError(f"group_norm: impl must be one of {IMPLS}, got {impl!r}.")
