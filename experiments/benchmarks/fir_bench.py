@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+import scoresde.models.group_norm as gn_module
 from scoresde.models import up_or_down_sampling as fir
 
 
@@ -58,6 +59,56 @@ def upfirdn2d_zero_insert(x, kernel, up=1, down=1, pad=(0, 0)):
     return fir._upfirdn2d_direct(x, k, up, down, p0, p1, ho, wo)
 
 
+def upsample_phases_stack(x, k, up, p0, ho, wo):
+    """Phases interleaved by two ``stack`` and a reshape (XLA: a nested concatenate fusion)."""
+    phases = fir._phase_images(x, k, up, p0, ho, wo)
+    b, qh, qw, c = phases[0][0].shape
+    rows = [jnp.stack(row, axis=3) for row in phases]  # (B, qh, qw, up, C)
+    return jnp.stack(rows, axis=2).reshape(b, ho, wo, c)  # (B, qh, up, qw, up, C)
+
+
+def upsample_phases_select(x, k, up, p0, ho, wo):
+    """Phases nearest-upsampled and picked per output pixel by its parity (``where`` on iota)."""
+    phases = fir._phase_images(x, k, up, p0, ho, wo)
+    b, qh, qw, c = phases[0][0].shape
+    r_of = lax.broadcasted_iota(jnp.int32, (1, ho, wo, 1), 1) % up
+    s_of = lax.broadcasted_iota(jnp.int32, (1, ho, wo, 1), 2) % up
+    out = None
+    for r, row in enumerate(phases):
+        for s, phase in enumerate(row):
+            near = jnp.broadcast_to(phase[:, :, None, :, None, :], (b, qh, up, qw, up, c))
+            near = near.reshape(b, ho, wo, c)
+            out = near if out is None else jnp.where((r_of == r) & (s_of == s), near, out)
+    return out
+
+
+#: Interleaves of the phase images, for ``--upsample`` here and in ``suite.py``.
+UPSAMPLE_INTERLEAVES = {
+    "pad": fir._upfirdn2d_polyphase,
+    "stack": upsample_phases_stack,
+    "select": upsample_phases_select,
+}
+
+
+def use_upsample_interleave(name: str) -> None:
+    """Makes ``upfirdn2d`` interleave its phase images the way ``name`` does (this process)."""
+    fir._upfirdn2d_polyphase = UPSAMPLE_INTERLEAVES[name]
+
+
+def use_materialized_downsampling() -> None:
+    """Puts the input of every ``downsample_2d`` behind a barrier (this process; an A/B).
+
+    XLA otherwise fuses the producer (GroupNorm's normalize and SiLU) into the 16 taps and
+    computes it 4 times per input pixel.
+    """
+    plain = fir.downsample_2d
+
+    def downsample_2d(x, *args, **kwargs):
+        return plain(gn_module._forward_barrier(x), *args, **kwargs)
+
+    fir.downsample_2d = downsample_2d
+
+
 def median_ms(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times = []
@@ -78,34 +129,55 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     dtype = jnp.dtype(args.dtype)
     cases = [(32, 128, "down"), (16, 256, "down"), (8, 256, "down")]
+    cases += [(32, 128, "down_after_act"), (16, 256, "down_after_act")]
     cases += [(16, 256, "up"), (8, 256, "up"), (4, 256, "up")]
     if args.smoke:
-        cases, args.batch, args.repeats = [(8, 8, "down"), (4, 8, "up")], 2, 3
-    kernel = fir.setup_kernel(fir.DEFAULT_FIR_KERNEL)
+        cases, args.batch, args.repeats = (
+            [(8, 8, "down"), (8, 8, "down_after_act"), (4, 8, "up")],
+            2,
+            3,
+        )
+    down_k = fir.setup_kernel(fir.DEFAULT_FIR_KERNEL)
+    up_k = down_k * 4
     print("| op | input | impl | fwd ms | fwd+bwd ms | floor fwd ms | max abs diff |")
     print("|---|---|---|---|---|---|---|")
     for size, ch, mode in cases:
         x = jax.random.normal(jax.random.key(size + ch), (args.batch, size, size, ch), dtype)
-        if mode == "down":
-            k, kw = kernel, {"down": 2, "pad": (1, 1)}
-        else:
-            k, kw = kernel * 4, {"up": 2, "pad": (2, 1)}
-        outs = {}
-        impls = [("taps", fir.upfirdn2d), ("depthwise", upfirdn2d_depthwise)]
-        if mode == "up":
-            impls.insert(1, ("zero_insert_taps", upfirdn2d_zero_insert))
-        for impl_name, impl in impls:
-            fwd = jax.jit(lambda x, impl=impl, k=k, kw=kw: impl(x, k, **kw))
+        impls = {
+            "down": {
+                "taps": lambda x: fir.upfirdn2d(x, down_k, down=2, pad=(1, 1)),
+                "depthwise": lambda x: upfirdn2d_depthwise(x, down_k, down=2, pad=(1, 1)),
+            },
+            # GroupNorm's normalize-and-SiLU before the downsampling, as in NCSN++'s blocks.
+            "down_after_act": {
+                "taps": lambda x: fir.downsample_2d(jax.nn.silu(1.1 * x + 0.1)),
+                "taps_materialized": lambda x: fir.downsample_2d(
+                    gn_module._forward_barrier(jax.nn.silu(1.1 * x + 0.1))
+                ),
+            },
+            "up": {
+                "taps": lambda x: fir.upfirdn2d(x, up_k, up=2, pad=(2, 1)),
+                **{
+                    f"taps_{name}": lambda x, f=f: f(x, up_k, 2, 2, 2 * x.shape[1], 2 * x.shape[2])
+                    for name, f in UPSAMPLE_INTERLEAVES.items()
+                    if name != "pad"
+                },
+                "zero_insert_taps": lambda x: upfirdn2d_zero_insert(x, up_k, up=2, pad=(2, 1)),
+                "depthwise": lambda x: upfirdn2d_depthwise(x, up_k, up=2, pad=(2, 1)),
+            },
+        }[mode]
+        reference = None
+        for impl_name, impl in impls.items():
+            fwd = jax.jit(impl)
             y = fwd(x)
             g = jax.random.normal(jax.random.key(7), y.shape, dtype)
-            grad = jax.jit(
-                jax.grad(lambda x, g, impl=impl, k=k, kw=kw: jnp.sum(impl(x, k, **kw) * g))
-            )
-            outs[impl_name] = np.asarray(y, np.float32)
+            grad = jax.jit(jax.grad(lambda x, g, impl=impl: jnp.sum(impl(x) * g)))
+            out = np.asarray(y, np.float32)
+            reference = out if reference is None else reference
             t_f = median_ms(fwd, x, repeats=args.repeats)
             t_b = median_ms(grad, x, g, repeats=args.repeats)
             floor = (x.size + y.size) * dtype.itemsize / (args.bandwidth * 1e9) * 1e3
-            diff = float(np.max(np.abs(outs[impl_name] - outs["taps"])))
+            diff = float(np.max(np.abs(out - reference)))
             print(
                 f"| {mode} | {tuple(x.shape)} | {impl_name} | {t_f:.3f} | {t_b:.3f} | "
                 f"{floor:.3f} | {diff:.2e} |",

@@ -94,6 +94,10 @@ def timed(fn, *args, repeats: int):
     return first, statistics.median(times)
 
 
+#: The FIR variant this process runs (``--fir-upsample``, ``--fir-materialize-down``).
+FIR_VARIANT = {"fir_upsample": "pad", "fir_materialize_down": False}
+
+
 def emit(record: dict, out) -> None:
     """Prints a JSON line and appends it to ``out`` (in a multi-process run: process 0 only)."""
     if jax.process_index() != 0:
@@ -104,6 +108,7 @@ def emit(record: dict, out) -> None:
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "shift_after_barrier": gn_module.SHIFT_AFTER_BARRIER,
+        **FIR_VARIANT,
         **record,
     }
     line = json.dumps(record)
@@ -663,9 +668,29 @@ def main(argv=None) -> None:
         "convolution before it as cuDNN's side input (scoresde.models.group_norm."
         "SHIFT_AFTER_BARRIER = False), instead of behind a barrier, fused into the GroupNorm",
     )
+    p.add_argument(
+        "--fir-upsample",
+        default="pad",
+        choices=("pad", "stack", "select"),
+        help="how FIR upsampling interleaves its phase images: interior pads summed (the "
+        "library's), two stacks and a reshape, or a parity select (fir_bench.py)",
+    )
+    p.add_argument(
+        "--fir-materialize-down",
+        action="store_true",
+        help="put every FIR downsampling's input behind a barrier (fir_bench.py), so that XLA "
+        "does not compute the GroupNorm before it once per tap",
+    )
     args = p.parse_args(argv)
     if args.shift_in_convolution:
         gn_module.SHIFT_AFTER_BARRIER = False
+    import fir_bench
+
+    fir_bench.use_upsample_interleave(args.fir_upsample)
+    FIR_VARIANT["fir_upsample"] = args.fir_upsample
+    if args.fir_materialize_down:
+        fir_bench.use_materialized_downsampling()
+        FIR_VARIANT["fir_materialize_down"] = True
     if args.processes < 1:
         p.error(f"--processes must be >= 1, got {args.processes}")
     if args.processes > 1 and args.process_id is None:

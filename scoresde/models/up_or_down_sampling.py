@@ -159,14 +159,10 @@ def _phase_taps(size: int, up: int, p0: int) -> list[list[tuple[int, int]]]:
     ]
 
 
-def _upfirdn2d_polyphase(x, k: np.ndarray, up: int, p0: int, ho: int, wo: int):
-    r"""Upsampling without the inserted zeros: ``up**2`` phase images, then interleaved.
-
-    Each output phase :math:`(r, s)` is a sum of :math:`\lceil K/up \rceil^2` shifted slices
-    of the (zero-extended) input, where the direct form sums all :math:`K^2` taps of the
-    zero-inserted image (for the 4-tap kernel at ``up = 2``: 4 instead of 16). Stacking the
-    phases on new axes after H and W makes the interleave a reshape.
-    """
+def _phase_images(x, k: np.ndarray, up: int, p0: int, ho: int, wo: int) -> list[list[jax.Array]]:
+    r"""The ``up x up`` phase images of an upsampling: ``[r][s]`` holds output pixels
+    :math:`(up\,q + r, up\,p + s)`, each a sum of :math:`\lceil K/up \rceil^2` shifted
+    slices of the (zero-extended) input."""
     b, h, w, c = x.shape
     kh, kw = k.shape
     qh, qw = ho // up, wo // up
@@ -176,9 +172,9 @@ def _upfirdn2d_polyphase(x, k: np.ndarray, up: int, p0: int, ho: int, wo: int):
     lo_h, lo_w = max(0, -min(dh)), max(0, -min(dw))
     hi_h, hi_w = max(0, qh - h + max(dh)), max(0, qw - w + max(dw))
     xp = jnp.pad(x, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
-    rows = []
+    phases = []
     for r in range(up):
-        cols = []
+        row = []
         for s in range(up):
             acc = None
             for a, di in taps_h[r]:
@@ -190,9 +186,29 @@ def _upfirdn2d_polyphase(x, k: np.ndarray, up: int, p0: int, ho: int, wo: int):
                     window = lax.slice(xp, (0, i0, j0, 0), (b, i0 + qh, j0 + qw, c))
                     term = window * jnp.asarray(tap, x.dtype)
                     acc = term if acc is None else acc + term
-            cols.append(jnp.zeros((b, qh, qw, c), x.dtype) if acc is None else acc)
-        rows.append(jnp.stack(cols, axis=3))  # (B, qh, qw, up, C)
-    return jnp.stack(rows, axis=2).reshape(b, ho, wo, c)  # (B, qh, up, qw, up, C)
+            row.append(jnp.zeros((b, qh, qw, c), x.dtype) if acc is None else acc)
+        phases.append(row)
+    return phases
+
+
+def _upfirdn2d_polyphase(x, k: np.ndarray, up: int, p0: int, ho: int, wo: int):
+    r"""Upsampling without the inserted zeros: ``up**2`` phase images, then interleaved.
+
+    Each output phase :math:`(r, s)` is a sum of :math:`\lceil K/up \rceil^2` shifted slices
+    of the input, where the direct form sums all :math:`K^2` taps of the zero-inserted image
+    (for the 4-tap kernel at ``up = 2``: 4 instead of 16). Each phase is put in place by an
+    interior ``lax.pad`` (zeros between its pixels), and the ``up**2`` padded images are
+    summed: XLA fuses that into one loop over the output that computes, per pixel, only the
+    phase it belongs to, and writes the output in order.
+    """
+    zero = jnp.zeros((), x.dtype)
+    out = None
+    for r, row in enumerate(_phase_images(x, k, up, p0, ho, wo)):
+        for s, phase in enumerate(row):
+            cfg_h, cfg_w = (r, up - 1 - r, up - 1), (s, up - 1 - s, up - 1)
+            placed = lax.pad(phase, zero, ((0, 0, 0), cfg_h, cfg_w, (0, 0, 0)))
+            out = placed if out is None else out + placed
+    return out
 
 
 def upsample_2d(
