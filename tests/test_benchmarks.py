@@ -181,7 +181,14 @@ def test_compile_bench_lower_for_cuda_on_a_cpu(capsys, monkeypatch):
 def test_fir_bench_smoke_implementations_agree(capsys):
     fir_bench.main(["--smoke"])
     rows = _table_rows(capsys.readouterr().out)[1:]  # skip the header
-    assert {r[2] for r in rows} == {"taps", "zero_insert_taps", "depthwise"}
+    assert {r[2] for r in rows} == {
+        "taps",
+        "taps_pad",
+        "taps_select",
+        "taps_materialized",
+        "zero_insert_taps",
+        "depthwise",
+    }
     # all compute the same filter in float32: differences are summation-order rounding
     assert max(float(r[-1]) for r in rows) < 1e-5
 

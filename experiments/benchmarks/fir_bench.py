@@ -4,8 +4,12 @@ All compute StyleGAN2's ``upfirdn2d`` (zero insertion, padding, a 4x4 binomial f
 decimation). The depthwise form is one ``lax.conv_general_dilated`` with
 ``feature_group_count=C``; the shipped form (``taps``) sums strided slices, which XLA fuses
 into one elementwise kernel: 16 slices when downsampling, and when upsampling 4 per output
-phase (the phases then interleaved by a reshape). ``zero_insert_taps`` is the upsampling the
-phases replaced: 16 slices of the zero-inserted image, 12 of them on inserted zeros. Shapes
+phase (the phases then interleaved by two stacks and a reshape; ``taps_pad`` and
+``taps_select`` interleave them by summed interior pads and by a parity select).
+``zero_insert_taps`` is the upsampling the phases replaced: 16 slices of the zero-inserted
+image, 12 of them on inserted zeros. ``down_after_act`` puts a normalize-and-SiLU before the
+downsampling, as NCSN++'s blocks do, fused into the taps or written out first
+(``taps_materialized``, behind :func:`~scoresde.models.barrier.forward_barrier`). Shapes
 are NCSN++'s on CIFAR-10 (batch 128): each resolution's widest down- and upsampling. Forward
 and forward+backward, median milliseconds, the max difference from ``taps``, and the
 bytes-moved floor (input read once, output written once) at ``--bandwidth`` GB/s.
@@ -28,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import scoresde.models.group_norm as gn_module
 from scoresde.models import up_or_down_sampling as fir
+from scoresde.models.barrier import forward_barrier
 
 
 def upfirdn2d_depthwise(x, kernel, up=1, down=1, pad=(0, 0)):
@@ -59,12 +63,16 @@ def upfirdn2d_zero_insert(x, kernel, up=1, down=1, pad=(0, 0)):
     return fir._upfirdn2d_direct(x, k, up, down, p0, p1, ho, wo)
 
 
-def upsample_phases_stack(x, k, up, p0, ho, wo):
-    """Phases interleaved by two ``stack`` and a reshape (XLA: a nested concatenate fusion)."""
-    phases = fir._phase_images(x, k, up, p0, ho, wo)
-    b, qh, qw, c = phases[0][0].shape
-    rows = [jnp.stack(row, axis=3) for row in phases]  # (B, qh, qw, up, C)
-    return jnp.stack(rows, axis=2).reshape(b, ho, wo, c)  # (B, qh, up, qw, up, C)
+def upsample_phases_pad(x, k, up, p0, ho, wo):
+    """Each phase put in place by an interior ``lax.pad``, the padded images summed."""
+    zero = jnp.zeros((), x.dtype)
+    out = None
+    for r, row in enumerate(fir._phase_images(x, k, up, p0, ho, wo)):
+        for s, phase in enumerate(row):
+            cfg_h, cfg_w = (r, up - 1 - r, up - 1), (s, up - 1 - s, up - 1)
+            placed = lax.pad(phase, zero, ((0, 0, 0), cfg_h, cfg_w, (0, 0, 0)))
+            out = placed if out is None else out + placed
+    return out
 
 
 def upsample_phases_select(x, k, up, p0, ho, wo):
@@ -84,8 +92,8 @@ def upsample_phases_select(x, k, up, p0, ho, wo):
 
 #: Interleaves of the phase images, for ``--upsample`` here and in ``suite.py``.
 UPSAMPLE_INTERLEAVES = {
-    "pad": fir._upfirdn2d_polyphase,
-    "stack": upsample_phases_stack,
+    "stack": fir._upfirdn2d_polyphase,
+    "pad": upsample_phases_pad,
     "select": upsample_phases_select,
 }
 
@@ -93,20 +101,6 @@ UPSAMPLE_INTERLEAVES = {
 def use_upsample_interleave(name: str) -> None:
     """Makes ``upfirdn2d`` interleave its phase images the way ``name`` does (this process)."""
     fir._upfirdn2d_polyphase = UPSAMPLE_INTERLEAVES[name]
-
-
-def use_materialized_downsampling() -> None:
-    """Puts the input of every ``downsample_2d`` behind a barrier (this process; an A/B).
-
-    XLA otherwise fuses the producer (GroupNorm's normalize and SiLU) into the 16 taps and
-    computes it 4 times per input pixel.
-    """
-    plain = fir.downsample_2d
-
-    def downsample_2d(x, *args, **kwargs):
-        return plain(gn_module._forward_barrier(x), *args, **kwargs)
-
-    fir.downsample_2d = downsample_2d
 
 
 def median_ms(fn, *args, repeats: int) -> float:
@@ -152,7 +146,7 @@ def main(argv=None) -> None:
             "down_after_act": {
                 "taps": lambda x: fir.downsample_2d(jax.nn.silu(1.1 * x + 0.1)),
                 "taps_materialized": lambda x: fir.downsample_2d(
-                    gn_module._forward_barrier(jax.nn.silu(1.1 * x + 0.1))
+                    forward_barrier(jax.nn.silu(1.1 * x + 0.1))
                 ),
             },
             "up": {
@@ -160,7 +154,7 @@ def main(argv=None) -> None:
                 **{
                     f"taps_{name}": lambda x, f=f: f(x, up_k, 2, 2, 2 * x.shape[1], 2 * x.shape[2])
                     for name, f in UPSAMPLE_INTERLEAVES.items()
-                    if name != "pad"
+                    if name != "stack"
                 },
                 "zero_insert_taps": lambda x: upfirdn2d_zero_insert(x, up_k, up=2, pad=(2, 1)),
                 "depthwise": lambda x: upfirdn2d_depthwise(x, up_k, up=2, pad=(2, 1)),

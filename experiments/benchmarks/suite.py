@@ -60,6 +60,9 @@ import numpy as np
 
 import scoresde as sd
 import scoresde.models.group_norm as gn_module
+import scoresde.models.layers as layers_module
+import scoresde.models.ncsnpp as ncsnpp_module
+import scoresde.models.up_or_down_sampling as fir_module
 from scoresde.config_loading import load_config
 from scoresde.experiment import loss_fn_from_config
 from scoresde.models.group_norm import default_backend_is_cuda
@@ -94,10 +97,6 @@ def timed(fn, *args, repeats: int):
     return first, statistics.median(times)
 
 
-#: The FIR variant this process runs (``--fir-upsample``, ``--fir-materialize-down``).
-FIR_VARIANT = {"fir_upsample": "pad", "fir_materialize_down": False}
-
-
 def emit(record: dict, out) -> None:
     """Prints a JSON line and appends it to ``out`` (in a multi-process run: process 0 only)."""
     if jax.process_index() != 0:
@@ -108,7 +107,9 @@ def emit(record: dict, out) -> None:
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "shift_after_barrier": gn_module.SHIFT_AFTER_BARRIER,
-        **FIR_VARIANT,
+        "fir_upsample": fir_module._upfirdn2d_polyphase.__name__,
+        "materialize_before_downsampling": layers_module.MATERIALIZE_BEFORE_DOWNSAMPLING,
+        "skips_apart": ncsnpp_module.SKIPS_APART,
         **record,
     }
     line = json.dumps(record)
@@ -670,16 +671,22 @@ def main(argv=None) -> None:
     )
     p.add_argument(
         "--fir-upsample",
-        default="pad",
-        choices=("pad", "stack", "select"),
-        help="how FIR upsampling interleaves its phase images: interior pads summed (the "
-        "library's), two stacks and a reshape, or a parity select (fir_bench.py)",
+        default="stack",
+        choices=("stack", "pad", "select"),
+        help="how FIR upsampling interleaves its phase images: two stacks and a reshape (the "
+        "library's), interior pads summed, or a parity select (fir_bench.py)",
     )
     p.add_argument(
-        "--fir-materialize-down",
+        "--fir-fused-down",
         action="store_true",
-        help="put every FIR downsampling's input behind a barrier (fir_bench.py), so that XLA "
-        "does not compute the GroupNorm before it once per tap",
+        help="let XLA fuse GroupNorm into the FIR downsampling's taps at inference "
+        "(scoresde.models.layers.MATERIALIZE_BEFORE_DOWNSAMPLING = False)",
+    )
+    p.add_argument(
+        "--concatenate-skips",
+        action="store_true",
+        help="the NCSN++/DDPM++ decoder concatenates each skip connection to its block's input "
+        "(scoresde.models.ncsnpp.SKIPS_APART = False), as before the eleventh round",
     )
     args = p.parse_args(argv)
     if args.shift_in_convolution:
@@ -687,10 +694,8 @@ def main(argv=None) -> None:
     import fir_bench
 
     fir_bench.use_upsample_interleave(args.fir_upsample)
-    FIR_VARIANT["fir_upsample"] = args.fir_upsample
-    if args.fir_materialize_down:
-        fir_bench.use_materialized_downsampling()
-        FIR_VARIANT["fir_materialize_down"] = True
+    layers_module.MATERIALIZE_BEFORE_DOWNSAMPLING = not args.fir_fused_down
+    ncsnpp_module.SKIPS_APART = not args.concatenate_skips
     if args.processes < 1:
         p.error(f"--processes must be >= 1, got {args.processes}")
     if args.processes > 1 and args.process_id is None:

@@ -46,6 +46,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from scoresde.models.barrier import forward_barrier
+
 __all__ = ["GroupNorm", "default_backend_is_cuda", "group_norm", "kernel_blocks"]
 
 Dtype = Any
@@ -405,22 +407,6 @@ def _xla_group_norm(x, scale, bias, num_groups, eps, fast_variance, out_dtype):
     return jnp.asarray(y * mul + bias, out_dtype)
 
 
-@jax.custom_jvp
-def _forward_barrier(x: jax.Array) -> jax.Array:
-    """``lax.optimization_barrier`` on the value only: derivatives pass through untouched.
-
-    The barrier decides where XLA fuses the forward pass's add (:data:`SHIFT_AFTER_BARRIER`);
-    differentiating ``lax.optimization_barrier`` itself would put barriers on the tangents
-    and cotangents too, and constrain the gradient's fusions for nothing.
-    """
-    return lax.optimization_barrier(x)
-
-
-@_forward_barrier.defjvp
-def _forward_barrier_jvp(primals, tangents):
-    return _forward_barrier(primals[0]), tangents[0]
-
-
 def default_backend_is_cuda() -> bool:
     """Whether JAX's default backend is a CUDA GPU: where ``impl="auto"`` takes the kernel.
 
@@ -525,7 +511,7 @@ def group_norm(
         if shift is None:
             return x
         if barrier:
-            x = _forward_barrier(x)
+            x = forward_barrier(x)
         # indexed as the blocks wrote it (t[:, None, None, :]): the same program, op for op
         return x + shift[(slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)]
 

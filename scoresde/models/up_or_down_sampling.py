@@ -196,19 +196,14 @@ def _upfirdn2d_polyphase(x, k: np.ndarray, up: int, p0: int, ho: int, wo: int):
 
     Each output phase :math:`(r, s)` is a sum of :math:`\lceil K/up \rceil^2` shifted slices
     of the input, where the direct form sums all :math:`K^2` taps of the zero-inserted image
-    (for the 4-tap kernel at ``up = 2``: 4 instead of 16). Each phase is put in place by an
-    interior ``lax.pad`` (zeros between its pixels), and the ``up**2`` padded images are
-    summed: XLA fuses that into one loop over the output that computes, per pixel, only the
-    phase it belongs to, and writes the output in order.
+    (for the 4-tap kernel at ``up = 2``: 4 instead of 16). Stacking the phases on new axes
+    after H and W makes the interleave a reshape. (Two other interleaves, summed interior pads
+    and a parity select, measured slower on an H100: ``experiments/benchmarks/fir_bench.py``.)
     """
-    zero = jnp.zeros((), x.dtype)
-    out = None
-    for r, row in enumerate(_phase_images(x, k, up, p0, ho, wo)):
-        for s, phase in enumerate(row):
-            cfg_h, cfg_w = (r, up - 1 - r, up - 1), (s, up - 1 - s, up - 1)
-            placed = lax.pad(phase, zero, ((0, 0, 0), cfg_h, cfg_w, (0, 0, 0)))
-            out = placed if out is None else out + placed
-    return out
+    phases = _phase_images(x, k, up, p0, ho, wo)
+    b, qh, qw, c = phases[0][0].shape
+    rows = [jnp.stack(row, axis=3) for row in phases]  # (B, qh, qw, up, C)
+    return jnp.stack(rows, axis=2).reshape(b, ho, wo, c)  # (B, qh, up, qw, up, C)
 
 
 def upsample_2d(
