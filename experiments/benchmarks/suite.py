@@ -61,7 +61,6 @@ import numpy as np
 import scoresde as sd
 import scoresde.models.group_norm as gn_module
 import scoresde.models.layers as layers_module
-import scoresde.models.ncsnpp as ncsnpp_module
 import scoresde.models.up_or_down_sampling as fir_module
 from scoresde.config_loading import load_config
 from scoresde.experiment import loss_fn_from_config
@@ -109,7 +108,6 @@ def emit(record: dict, out) -> None:
         "shift_after_barrier": gn_module.SHIFT_AFTER_BARRIER,
         "fir_upsample": fir_module._upfirdn2d_polyphase.__name__,
         "materialize_before_downsampling": layers_module.MATERIALIZE_BEFORE_DOWNSAMPLING,
-        "skips_apart": ncsnpp_module.SKIPS_APART,
         **record,
     }
     line = json.dumps(record)
@@ -682,12 +680,6 @@ def main(argv=None) -> None:
         help="let XLA fuse GroupNorm into the FIR downsampling's taps at inference "
         "(scoresde.models.layers.MATERIALIZE_BEFORE_DOWNSAMPLING = False)",
     )
-    p.add_argument(
-        "--concatenate-skips",
-        action="store_true",
-        help="the NCSN++/DDPM++ decoder concatenates each skip connection to its block's input "
-        "(scoresde.models.ncsnpp.SKIPS_APART = False), as before the eleventh round",
-    )
     args = p.parse_args(argv)
     if args.shift_in_convolution:
         gn_module.SHIFT_AFTER_BARRIER = False
@@ -695,7 +687,6 @@ def main(argv=None) -> None:
 
     fir_bench.use_upsample_interleave(args.fir_upsample)
     layers_module.MATERIALIZE_BEFORE_DOWNSAMPLING = not args.fir_fused_down
-    ncsnpp_module.SKIPS_APART = not args.concatenate_skips
     if args.processes < 1:
         p.error(f"--processes must be >= 1, got {args.processes}")
     if args.processes > 1 and args.process_id is None:

@@ -12,7 +12,6 @@ branch (``init_scale = 0`` gives weights of scale ``1e-10``).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -190,76 +189,11 @@ class NIN(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *more: jax.Array) -> jax.Array:
-        """``x @ W + b``; with ``more``, of the channel concatenation ``[x, *more]``.
-
-        The concatenation is never formed: each part meets its rows of ``W``.
-        """
-        parts = (x, *more)
-        w = self.param("W", default_init(self.init_scale), (_channels(parts), self.features))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.param("W", default_init(self.init_scale), (x.shape[-1], self.features))
         b = self.param("b", nn.initializers.zeros, (self.features,))
-        out = None
-        for part, rows in zip(parts, _channel_slices(parts), strict=True):
-            y = jnp.einsum("...c,cd->...d", part.astype(self.dtype), w[rows].astype(self.dtype))
-            out = y if out is None else out + y
-        return out + b.astype(self.dtype)
-
-
-def _channels(parts: tuple[jax.Array, ...]) -> int:
-    return sum(part.shape[-1] for part in parts)
-
-
-def _channel_slices(parts: tuple[jax.Array, ...]) -> list[slice]:
-    """The channel range of each part in the concatenation of ``parts``."""
-    ends = list(itertools.accumulate(part.shape[-1] for part in parts))
-    return [slice(end - part.shape[-1], end) for part, end in zip(parts, ends, strict=True)]
-
-
-class ConcatConv(nn.Module):
-    r"""A stride-1 ``nn.Conv`` of the channel concatenation of its inputs, never formed.
-
-    :math:`\mathrm{conv}([x_1, \dots, x_n], W) + b = \sum_i \mathrm{conv}(x_i, W_i) + b`,
-    :math:`W_i` the input-channel slice of :math:`W` that meets :math:`x_i`. The parameters
-    (``kernel`` ``(kh, kw, sum C_i, O)``, ``bias``) and their initial values are those of the
-    ``nn.Conv`` it stands for (:func:`conv1x1`, :func:`conv3x3`). In a U-Net's decoder block
-    the shortcut convolution then reads the block input and the skip connection in place, and
-    XLA can fuse the concatenation into the GroupNorm that also reads it.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> a, b = jnp.ones((1, 4, 4, 2)), jnp.ones((1, 4, 4, 3))
-      >>> m = ConcatConv(5, (1, 1))
-      >>> params = m.init(jax.random.key(0), a, b)
-      >>> params["params"]["kernel"].shape
-      (1, 1, 5, 5)
-      >>> y = nn.Conv(5, (1, 1)).apply(params, jnp.concatenate([a, b], -1))
-      >>> bool(jnp.allclose(m.apply(params, a, b), y, atol=1e-6))
-      True
-    """
-
-    features: int
-    kernel_size: tuple[int, int]
-    padding: Any = "VALID"
-    init_scale: float = 1.0
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *more: jax.Array) -> jax.Array:
-        parts = (x, *more)
-        shape = (*self.kernel_size, _channels(parts), self.features)
-        kernel = self.param("kernel", default_init(self.init_scale), shape, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        out = None
-        for part, rows in zip(parts, _channel_slices(parts), strict=True):
-            y = jax.lax.conv_general_dilated(
-                part.astype(self.dtype),
-                kernel[:, :, rows].astype(self.dtype),
-                window_strides=(1, 1),
-                padding=self.padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
-            out = y if out is None else out + y
-        return out + bias.astype(self.dtype)
+        x = x.astype(self.dtype)
+        return jnp.einsum("...c,cd->...d", x, w.astype(self.dtype)) + b.astype(self.dtype)
 
 
 class Combine(nn.Module):
@@ -436,15 +370,8 @@ class ResnetBlockDDPMpp(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x: jax.Array,
-        temb: jax.Array | None = None,
-        train: bool = False,
-        skip: jax.Array | None = None,
+        self, x: jax.Array, temb: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
-        """``skip``: concatenated to ``x`` along channels (see :class:`ResnetBlockBigGANpp`)."""
-        parts = (x,) if skip is None else (x, skip)
-        x = _concatenate(parts)
         in_ch = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else in_ch
         h = group_norm(in_ch, "GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
@@ -457,10 +384,9 @@ class ResnetBlockDDPMpp(nn.Module):
         h = conv3x3(out_ch, "Conv_1", init_scale=self.init_scale, dtype=self.dtype)(h)
         if in_ch != out_ch:
             if self.conv_shortcut:
-                pad = ((1, 1), (1, 1))
-                x = ConcatConv(out_ch, (3, 3), pad, dtype=self.dtype, name="Conv_2")(*parts)
+                x = conv3x3(out_ch, "Conv_2", dtype=self.dtype)(x)
             else:
-                x = NIN(out_ch, dtype=self.dtype, name="NIN_0")(*parts)
+                x = NIN(out_ch, dtype=self.dtype, name="NIN_0")(x)
         out = x + h
         return out * _SQRT_HALF if self.skip_rescale else out
 
@@ -497,28 +423,27 @@ class ResnetBlockBigGANpp(nn.Module):
 
     @nn.compact
     def __call__(
-        self,
-        x: jax.Array,
-        temb: jax.Array | None = None,
-        train: bool = False,
-        skip: jax.Array | None = None,
+        self, x: jax.Array, temb: jax.Array | None = None, train: bool = False
     ) -> jax.Array:
-        """``skip`` (a U-Net decoder's skip connection) is concatenated to ``x`` along channels.
-
-        Given apart, the shortcut convolution reads ``x`` and ``skip`` in place
-        (:class:`ConcatConv`), so the concatenation need not be written out.
-        """
-        parts = (x,) if skip is None else (x, skip)
-        x = _concatenate(parts)
         in_ch = x.shape[-1]
         out_ch = self.out_ch if self.out_ch else in_ch
         h = group_norm(in_ch, "GroupNorm_0", self.dtype, self.act, self.group_norm_impl)(x, train)
-        if self.up or self.down:
-            if self.down and self.fir and not train and MATERIALIZE_BEFORE_DOWNSAMPLING:
-                h = forward_barrier(h)
-            h = self._resample(h)
-            parts = tuple(self._resample(part) for part in parts)
-            x = _concatenate(parts)
+        if self.up:
+            if self.fir:
+                h = fir_ops.upsample_2d(h, self.fir_kernel, factor=2)
+                x = fir_ops.upsample_2d(x, self.fir_kernel, factor=2)
+            else:
+                h = fir_ops.naive_upsample_2d(h, 2)
+                x = fir_ops.naive_upsample_2d(x, 2)
+        elif self.down:
+            if self.fir:
+                if not train and MATERIALIZE_BEFORE_DOWNSAMPLING:
+                    h = forward_barrier(h)
+                h = fir_ops.downsample_2d(h, self.fir_kernel, factor=2)
+                x = fir_ops.downsample_2d(x, self.fir_kernel, factor=2)
+            else:
+                h = fir_ops.naive_downsample_2d(h, 2)
+                x = fir_ops.naive_downsample_2d(x, 2)
         h = conv3x3(out_ch, "Conv_0", dtype=self.dtype)(h)
         t = None if temb is None else dense(out_ch, "Dense_0", self.dtype)(self.act(temb))
         h = group_norm(out_ch, "GroupNorm_1", self.dtype, self.act, self.group_norm_impl)(
@@ -527,20 +452,6 @@ class ResnetBlockBigGANpp(nn.Module):
         h = nn.Dropout(self.dropout, deterministic=not train, name="Dropout_0")(h)
         h = conv3x3(out_ch, "Conv_1", init_scale=self.init_scale, dtype=self.dtype)(h)
         if in_ch != out_ch or self.up or self.down:
-            x = ConcatConv(out_ch, (1, 1), dtype=self.dtype, name="Conv_2")(*parts)
+            x = conv1x1(out_ch, "Conv_2", dtype=self.dtype)(x)
         out = x + h
         return out * _SQRT_HALF if self.skip_rescale else out
-
-    def _resample(self, v: jax.Array) -> jax.Array:
-        """Up- or downsamples by 2: FIR when ``fir``, else nearest / 2x2 mean."""
-        if self.up:
-            if self.fir:
-                return fir_ops.upsample_2d(v, self.fir_kernel, factor=2)
-            return fir_ops.naive_upsample_2d(v, 2)
-        if self.fir:
-            return fir_ops.downsample_2d(v, self.fir_kernel, factor=2)
-        return fir_ops.naive_downsample_2d(v, 2)
-
-
-def _concatenate(parts: tuple[jax.Array, ...]) -> jax.Array:
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)

@@ -39,13 +39,6 @@ NONLINEARITIES = ("elu", "relu", "lrelu", "swish")
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight"}
 
-#: Whether the decoder hands each skip connection to its ResNet block apart (``skip=``)
-#: instead of concatenating it to the block's input first. The value is the same; apart, the
-#: block's shortcut convolution reads both in place (:class:`~scoresde.models.layers.ConcatConv`)
-#: and the concatenation need not be written out (``docs/benchmarks.md``, eleventh round).
-#: Benchmarks set it to ``False`` for the comparison.
-SKIPS_APART = True
-
 
 def _geometric_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
     """The reference's noise table, largest first: ``exp(linspace(log smax, log smin, N))``."""
@@ -213,7 +206,7 @@ class NCSNpp(nn.Module):
         def name() -> str:
             return f"all_modules_{next(counter)}"
 
-        def resblock(h, temb, out_ch=None, up=False, down=False, skip=None):
+        def resblock(h, temb, out_ch=None, up=False, down=False):
             if self.resblock_type == "ddpm":
                 block = layers.ResnetBlockDDPMpp(
                     act=act,
@@ -240,7 +233,7 @@ class NCSNpp(nn.Module):
                     dtype=dt,
                     name=name(),
                 )
-            return block(h, temb, train, skip)
+            return block(h, temb, train)
 
         def attn(h):
             return layers.AttnBlockpp(
@@ -330,10 +323,11 @@ class NCSNpp(nn.Module):
         pyramid = None
         for i_level in reversed(range(num_levels)):
             for _ in range(self.num_res_blocks + 1):
-                skip = hs.pop()
-                if not SKIPS_APART:
-                    h, skip = jnp.concatenate([h, skip], axis=-1), None
-                h = resblock(h, temb, out_ch=nf * self.ch_mult[i_level], skip=skip)
+                h = resblock(
+                    jnp.concatenate([h, hs.pop()], axis=-1),
+                    temb,
+                    out_ch=nf * self.ch_mult[i_level],
+                )
             if width // 2**i_level in self.attn_resolutions:
                 h = attn(h)
             if self.progressive != "none":
