@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 from jax import lax
 
+__all__ = ["forward_barrier"]
+
 
 @jax.custom_jvp
 def forward_barrier(x: jax.Array) -> jax.Array:
