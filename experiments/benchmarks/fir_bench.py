@@ -90,7 +90,7 @@ def upsample_phases_select(x, k, up, p0, ho, wo):
     return out
 
 
-#: Interleaves of the phase images, for ``--upsample`` here and in ``suite.py``.
+#: Interleaves of the phase images: the ``up`` rows here, and ``suite.py --fir-upsample``.
 UPSAMPLE_INTERLEAVES = {
     "stack": fir._upfirdn2d_polyphase,
     "pad": upsample_phases_pad,
