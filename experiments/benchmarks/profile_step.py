@@ -421,7 +421,8 @@ def main(argv=None) -> None:
         compile_summary(found[0], args.top)
     else:
         compiled, call = build(args, config)
-    index = hlo_index(compiled.as_text())
+    hlo_text = compiled.as_text()
+    index = hlo_index(hlo_text)
     for _ in range(2):
         jax.block_until_ready(call())
     trace_dir = tempfile.mkdtemp(prefix="scoresde_trace_")
@@ -437,9 +438,9 @@ def main(argv=None) -> None:
         with open(paths[0], "rb") as src, gzip.open(f"{args.out}/{tag}.xplane.pb.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         with gzip.open(f"{args.out}/{tag}.hlo.txt.gz", "wt") as dst:
-            dst.write(compiled.as_text())
+            dst.write(hlo_text)
 
-    flops = forward_convolution_flops(compiled.as_text())
+    flops = forward_convolution_flops(hlo_text)
     summarize(device_events(paths[0]), index, args.steps, args.top, tag, flops)
     host_summary(paths[0], index, args.steps)
 

@@ -400,6 +400,8 @@ class ResnetBlockBigGANpp(nn.Module):
     :math:`h = \mathrm{Conv_1}(\mathrm{dropout}(\mathrm{act}(\mathrm{GN_1}(h))))`; the shortcut
     is the 1x1 ``Conv_2`` when the width changes or the block resamples; the output is
     :math:`x + h`, divided by :math:`\sqrt 2` when ``skip_rescale``.
+    At inference a FIR downsampling block writes :math:`h` out before filtering it
+    (:data:`MATERIALIZE_BEFORE_DOWNSAMPLING`); the value is the same.
 
     Example:
       >>> import jax, jax.numpy as jnp
