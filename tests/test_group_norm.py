@@ -270,6 +270,52 @@ def test_shift_barrier_on_the_inference_value_only():
         group_norm(x, ones, ones, num_groups=2, shift=jnp.ones((2, 1, 1, 8)))
 
 
+def pallas_operand_counts(fn, *args) -> list[int]:
+    """The operand count of every ``pallas_call`` in ``fn``'s jaxpr, nested jaxprs included."""
+    counts = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "pallas_call":
+                counts.append(len(eqn.invars))
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return counts
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernel_adds_the_shift_as_it_reads_x_at_inference(np_rng, monkeypatch, dtype):
+    """With ``train=False`` the kernel takes ``shift`` as a fourth operand and adds it to each
+    pixel in float32 as it loads ``x``: no ``x + shift`` exists outside it for XLA to fold into
+    a convolution. ``train=True`` (the training program) and ``SHIFT_IN_KERNEL = False`` keep
+    the add before a three-operand kernel. The value is the kernel's normalization of
+    ``x + shift`` formed in float32: equal to float32 rounding (the same kernel arithmetic on
+    the same float32 sums), and to one rounding of the output for bfloat16 outputs."""
+    x, scale, bias = inputs(np_rng, (2, 8, 8, 16))
+    x = x.astype(dtype)
+    t = jnp.asarray(np_rng.standard_normal((2, 16)), dtype)
+    kw = dict(num_groups=4, silu=True, impl="pallas", interpret=True)
+
+    def shifted(x, t, train=False):
+        return group_norm(x, scale, bias, shift=t, train=train, **kw)
+
+    assert pallas_operand_counts(shifted, x, t) == [4]
+    assert pallas_operand_counts(functools.partial(shifted, train=True), x, t) == [3]
+    summed = x.astype(jnp.float32) + t.astype(jnp.float32)[:, None, None, :]
+    want = group_norm(summed, scale, bias, dtype=jnp.result_type(dtype, scale), **kw)
+    got = shifted(x, t)
+    assert got.dtype == want.dtype
+    ulp = 1e-6 if dtype == jnp.float32 else 2.0**-7
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=ulp, atol=ulp
+    )
+    monkeypatch.setattr(gn_module, "SHIFT_IN_KERNEL", False)
+    # a new function object: traces are cached per function, and the flag is not in the key
+    assert pallas_operand_counts(lambda x, t: shifted(x, t), x, t) == [3]
+
+
 @pytest.mark.parametrize("family", ["ncsnpp", "ddpm"])
 def test_networks_pass_the_time_embedding_as_shift(family, monkeypatch):
     """Every ResNet block hands its time embedding to GroupNorm_1 as ``shift``: the inference

@@ -106,6 +106,7 @@ def emit(record: dict, out) -> None:
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "shift_after_barrier": gn_module.SHIFT_AFTER_BARRIER,
+        "shift_in_kernel": gn_module.SHIFT_IN_KERNEL,
         "fir_upsample": fir_module._upfirdn2d_polyphase.__name__,
         "materialize_before_downsampling": layers_module.MATERIALIZE_BEFORE_DOWNSAMPLING,
         **record,
@@ -677,6 +678,14 @@ def main(argv=None) -> None:
         "SHIFT_AFTER_BARRIER = False), instead of behind a barrier, fused into the GroupNorm",
     )
     p.add_argument(
+        "--shift-outside-kernel",
+        action="store_true",
+        help="at inference, the GroupNorm kernel's input is x + shift added by XLA before it "
+        "(folded into the convolution as its side input), as in training "
+        "(scoresde.models.group_norm.SHIFT_IN_KERNEL = False), instead of the kernel adding "
+        "shift as it reads x",
+    )
+    p.add_argument(
         "--fir-upsample",
         default="stack",
         choices=("stack", "pad", "select"),
@@ -692,6 +701,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.shift_in_convolution:
         gn_module.SHIFT_AFTER_BARRIER = False
+    gn_module.SHIFT_IN_KERNEL = not args.shift_outside_kernel
     import fir_bench
 
     fir_bench.use_upsample_interleave(args.fir_upsample)

@@ -75,6 +75,13 @@ AUTO_MAX_ROWS = 256
 #: but its cold compile 13-16 s longer, so ``train=True`` leaves the add to XLA. Benchmarks set
 #: it to ``False`` for the comparison.
 SHIFT_AFTER_BARRIER = True
+#: Whether the kernel with ``train=False`` reads ``shift`` itself and adds it to each pixel as
+#: it loads ``x``. Otherwise ``x + shift`` is an XLA add before the kernel, which XLA folds
+#: into the convolution that made ``x`` as its side input: the broadcast shift is written out
+#: and read back (at 16x16 and below, where ``auto`` picks the kernel). ``train=True`` keeps
+#: the XLA add, so the training step's program is unchanged. Benchmarks set it to ``False``
+#: for the comparison (``docs/benchmarks.md``, twelfth round).
+SHIFT_IN_KERNEL = True
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -131,16 +138,21 @@ def _silu_f32(u: jax.Array) -> jax.Array:
     return u / (1.0 + jnp.exp(-u))
 
 
-def _forward_kernel(
-    x_ref, scale_ref, bias_ref, y_ref, mean_ref, rstd_ref, *, rows, group, eps, silu
-):
+def _forward_kernel(*refs, rows, group, eps, silu, has_shift):
+    if has_shift:  # the input is x + shift, shift one value per (example, channel)
+        x_ref, scale_ref, bias_ref, shift_ref, y_ref, mean_ref, rstd_ref = refs
+        s = shift_ref[...].astype(jnp.float32)[None, :]
+    else:
+        x_ref, scale_ref, bias_ref, y_ref, mean_ref, rstd_ref = refs
+        s = None
     hw, cb = x_ref.shape
     n_chunks = hw // rows
     same = _same_group(cb, group)
     per_chunk = float(rows * group)
 
     def load(i):
-        return x_ref[pl.ds(i * rows, rows), :].astype(jnp.float32)
+        xc = x_ref[pl.ds(i * rows, rows), :].astype(jnp.float32)
+        return xc if s is None else xc + s
 
     def chunk_stats(xc):
         mean = _group_sum(jnp.sum(xc, axis=0), same) / per_chunk
@@ -295,25 +307,35 @@ class _KernelConfig(NamedTuple):
 # The kernels' wrappers are jitted (``cfg`` static) so that the GroupNorms of a network that
 # share a configuration and shape share one traced and one lowered kernel.
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(cfg: _KernelConfig, x, scale, bias):
-    """(y, per-channel mean, per-channel 1/std) from the forward kernel; x is NHWC."""
+def _forward(cfg: _KernelConfig, x, scale, bias, shift=None):
+    """(y, per-channel mean, per-channel 1/std) from the forward kernel; x is NHWC.
+
+    With ``shift``, ``(B, C)``, the kernel normalizes ``x + shift[:, None, None, :]``, adding
+    it as it reads ``x`` (in float32), so the sum is never written out.
+    """
     b, h, w, c = x.shape
     hw = h * w
     image, channel, per_example = _specs(hw, cfg.cb)
     kernel = functools.partial(
-        _forward_kernel, rows=cfg.rows, group=c // cfg.num_groups, eps=cfg.eps, silu=cfg.silu
+        _forward_kernel,
+        rows=cfg.rows,
+        group=c // cfg.num_groups,
+        eps=cfg.eps,
+        silu=cfg.silu,
+        has_shift=shift is not None,
     )
     stat = jax.ShapeDtypeStruct((b, c), jnp.float32)
+    operands = (x.reshape(b, hw, c), scale, bias) + (() if shift is None else (shift,))
     y, mean, rstd = _pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct((b, hw, c), cfg.out_dtype), stat, stat),
-        in_specs=[image, channel, channel],
+        in_specs=[image, channel, channel] + ([] if shift is None else [per_example]),
         out_specs=(image, per_example, per_example),
         grid=(b, c // cfg.cb),
         num_warps=cfg.num_warps,
         interpret=cfg.interpret,
         name="group_norm_forward",
-    )(x.reshape(b, hw, c), scale, bias)
+    )(*operands)
     return y.reshape(b, h, w, c), mean, rstd
 
 
@@ -359,15 +381,15 @@ _kernel_reverse.defvjp(_kernel_reverse_fwd, _kernel_reverse_bwd)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _kernel_forward_mode(cfg, x, scale, bias):
-    return _forward(cfg, x, scale, bias)[0]
+def _kernel_forward_mode(cfg, x, scale, bias, shift=None):
+    return _forward(cfg, x, scale, bias, shift)[0]
 
 
 @_kernel_forward_mode.defjvp
 def _kernel_forward_mode_jvp(cfg, primals, tangents):
-    x, scale, bias = primals
-    dx, dscale, dbias = tangents
-    y, mean, rstd = _forward(cfg, x, scale, bias)
+    x, scale, bias, shift = primals
+    dx, dscale, dbias, dshift = tangents
+    y, mean, rstd = _forward(cfg, x, scale, bias, shift)
     b, h, w, c = x.shape
     group = c // cfg.num_groups
 
@@ -375,9 +397,13 @@ def _kernel_forward_mode_jvp(cfg, primals, tangents):
         m = v.reshape(b, h * w, cfg.num_groups, group).mean(axis=(1, 3))
         return jnp.repeat(m, group, axis=-1)[:, None, None, :]
 
+    def per_pixel(v):  # (B, C) -> (B, 1, 1, C), in float32
+        return v.astype(jnp.float32)[:, None, None, :]
+
     mean4, rstd4 = mean[:, None, None, :], rstd[:, None, None, :]
-    xhat = (x.astype(jnp.float32) - mean4) * rstd4
-    dxf = dx.astype(jnp.float32)
+    xs = x.astype(jnp.float32) if shift is None else x.astype(jnp.float32) + per_pixel(shift)
+    xhat = (xs - mean4) * rstd4
+    dxf = dx.astype(jnp.float32) if shift is None else dx.astype(jnp.float32) + per_pixel(dshift)
     dxhat = rstd4 * (dxf - group_mean(dxf) - xhat * group_mean(dxf * xhat))
     du = scale * dxhat + dscale * xhat + dbias
     if cfg.silu:
@@ -465,7 +491,9 @@ def group_norm(
         backward kernel (reverse mode only), ``False`` to keep forward mode.
       shift: ``(B, C)``, added to every pixel of ``x`` before the normalization; ``None``
         for none. With ``train=False`` the XLA path adds it behind a barrier on ``x``
-        (:data:`SHIFT_AFTER_BARRIER`); the value is the same either way.
+        (:data:`SHIFT_AFTER_BARRIER`) and the kernel as it reads ``x``, in float32
+        (:data:`SHIFT_IN_KERNEL`, where ``x`` has the promoted dtype of ``x`` and ``shift``);
+        the value is the same up to rounding.
       impl: ``"auto"`` (the kernel where JAX's default backend is a CUDA GPU, decided at
         trace time by :func:`default_backend_is_cuda`, for the shapes it covers up to
         ``AUTO_MAX_ROWS`` pixels, where it measured faster; XLA otherwise), ``"xla"``, or
@@ -533,6 +561,8 @@ def group_norm(
     kernel = _kernel_reverse if train else _kernel_forward_mode
 
     def fused(x, scale, bias):
+        if shift is not None and not train and SHIFT_IN_KERNEL and x.dtype == x_dtype:
+            return _kernel_forward_mode(cfg, x, scale, bias, shift)
         # the kernel reads a materialized input: here XLA may as well fold the add into the
         # convolution that made x
         return kernel(cfg, shifted(x, False), scale, bias)
