@@ -355,8 +355,8 @@ def build(args, config):
             return metrics
 
         return compiled, call
-    jf, call_args = suite.build_forward(config, args.dtype, args.batch)
-    compiled = jf.lower(*call_args).compile()
+    jf, call_args = suite.build_forward(config, args.dtype, args.batch, params=args.forward_params)
+    compiled, call_args = suite.compile_forward(jf, call_args)
     return compiled, lambda: compiled(*call_args)
 
 
@@ -377,6 +377,12 @@ def main(argv=None) -> None:
         help="summarize a saved trace and HLO (e.g. fetched from a GPU run) instead of running",
     )
     p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument(
+        "--forward-params",
+        default="float32",
+        choices=suite.FORWARD_PARAMS,
+        help="--what forward: how the parameters are passed (suite.py --forward-params)",
+    )
     p.add_argument(
         "--trace-compile",
         action="store_true",

@@ -184,8 +184,27 @@ def network_variant(base, dtype_name: str, group_norm_impl: str):
     return base.clone(**fields)
 
 
-def build_forward(config, dtype_name: str, batch: int, group_norm_impl: str = "auto", init="jit"):
-    """(jitted score function, its arguments) for one network, compute dtype and batch."""
+#: How the forward bench passes the parameters (``--forward-params``).
+FORWARD_PARAMS = ("float32", "cast", "cast_auto_layout")
+
+
+def build_forward(
+    config,
+    dtype_name: str,
+    batch: int,
+    group_norm_impl: str = "auto",
+    init="jit",
+    params: str = "float32",
+):
+    """(jitted score function, its arguments) for one network, compute dtype and batch.
+
+    ``params``: ``"float32"``, as trained; ``"cast"``, each leaf the network only converts to
+    its compute dtype converted once beforehand (``cast_to_compute_dtype``, the same values);
+    ``"cast_auto_layout"``, also in the memory layouts XLA chooses for the program (the
+    function is jitted with ``Layout.AUTO`` for them; :func:`compile_forward` moves them).
+    """
+    if params not in FORWARD_PARAMS:
+        raise ValueError(f"params must be one of {FORWARD_PARAMS}, got {params!r}")
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     base, variables = init_network(config, init)
@@ -196,7 +215,20 @@ def build_forward(config, dtype_name: str, batch: int, group_norm_impl: str = "a
     def f(variables, x, t):
         return sd.get_score_fn(sde, model, variables)(x, t)
 
+    if params != "float32":
+        variables = sd.models.cast_to_compute_dtype(f, variables, x, t)
+    if params == "cast_auto_layout":
+        from jax.experimental.layout import Format, Layout
+
+        return jax.jit(f, in_shardings=(Format(Layout.AUTO), None, None)), (variables, x, t)
     return jax.jit(f), (variables, x, t)
+
+
+def compile_forward(jf, call_args):
+    """(compiled forward, its arguments placed in the input layouts it was compiled for)."""
+    compiled = jf.lower(*call_args).compile()
+    variables = jax.device_put(call_args[0], compiled.input_formats[0][0])
+    return compiled, (variables, *call_args[1:])
 
 
 def bench_forward(name, config, args, out):
@@ -205,11 +237,11 @@ def bench_forward(name, config, args, out):
     for dtype_name, gn, batch in itertools.product(
         args.dtypes.split(","), args.group_norm_impls.split(","), args.batches
     ):
-        jf, call_args = build_forward(config, dtype_name, batch, gn, args.init)
+        jf, call_args = build_forward(config, dtype_name, batch, gn, args.init, args.forward_params)
         what = f"forward {name} {dtype_name} {gn} b{batch}"
         progress(f"{what}: compiling")
         t0 = time.perf_counter()
-        compiled = jf.lower(*call_args).compile()
+        compiled, call_args = compile_forward(jf, call_args)
         compile_s = time.perf_counter() - t0
         progress(f"{what}: compiled in {compile_s:.1f} s")
         mem = compiled.memory_analysis()
@@ -232,6 +264,7 @@ def bench_forward(name, config, args, out):
             "model": name,
             "dtype": dtype_name,
             "group_norm_impl": gn,
+            "forward_params": args.forward_params,
             "init": args.init,
             "batch": batch,
             "median_s": med,
@@ -240,6 +273,9 @@ def bench_forward(name, config, args, out):
             "compile_s": compile_s,
             "xla_temp_gib": temp_gib,
             "finite": bool(np.isfinite(y).all()),
+            # the same weights (--init numpy) and inputs in every process: equal norms mean
+            # equal outputs across rows of other processes (e.g. --forward-params)
+            "output_l2": float(np.linalg.norm(y)),
             "rel_diff_vs_first_impl": rel_diff,
             # Layout changes XLA inserted (inside fusions too), and the kernel's custom calls.
             "hlo_transposes": hlo.count(" transpose("),
@@ -422,6 +458,7 @@ def bench_train(name, config, args, out):
             "model": name,
             "dtype": dtype_name,
             "group_norm_impl": gn,
+            "forward_params": args.forward_params,
             "init": args.init,
             "batch": batch,
             "devices": devices,
@@ -676,6 +713,14 @@ def main(argv=None) -> None:
         help="the ResNet blocks' time-embedding add where XLA puts it by itself, into the "
         "convolution before it as cuDNN's side input (scoresde.models.group_norm."
         "SHIFT_AFTER_BARRIER = False), instead of behind a barrier, fused into the GroupNorm",
+    )
+    p.add_argument(
+        "--forward-params",
+        default="float32",
+        choices=FORWARD_PARAMS,
+        help="forward: the parameters as trained (float32), converted beforehand where the "
+        "network only converts them to its compute dtype (cast), and also in the layouts XLA "
+        "picks for the program (cast_auto_layout)",
     )
     p.add_argument(
         "--shift-outside-kernel",

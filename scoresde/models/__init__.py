@@ -6,10 +6,13 @@
 - :class:`NCSNpp`: NCSN++ and DDPM++ (Song et al., 2021).
 - :class:`DDPM`: the DDPM U-Net (Ho et al., 2020).
 - :class:`NCSNv2`, :class:`NCSN`: the RefineNets of NCSNv2 and NCSN (Song & Ermon, 2020, 2019).
+- :func:`cast_to_compute_dtype`: parameters converted once to the dtype a network computes
+  them in (bfloat16 inference).
 - :class:`GroupNorm` (and the function in :mod:`scoresde.models.group_norm`): GroupNorm
   (+ SiLU), one fused kernel on CUDA GPUs.
 """
 
+from scoresde.models.compute_dtype import cast_to_compute_dtype
 from scoresde.models.convert import from_score_sde_pytorch, to_score_sde_pytorch
 from scoresde.models.ddpm import DDPM
 from scoresde.models.factory import from_config
@@ -23,6 +26,7 @@ __all__ = [
     "NCSN",
     "NCSNpp",
     "NCSNv2",
+    "cast_to_compute_dtype",
     "from_config",
     "from_score_sde_pytorch",
     "to_score_sde_pytorch",
