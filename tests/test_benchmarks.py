@@ -84,6 +84,26 @@ def test_suite_group_norm_ab_on_host_drawn_weights(capsys):
     assert records[0]["hlo_custom_calls"] == records[1]["hlo_custom_calls"]
 
 
+def test_suite_forward_params_variants_compute_the_same_scores(capsys):
+    """``--forward-params cast`` / ``cast_auto_layout`` pass the parameters converted beforehand
+    (and in XLA's layouts): the same function of the same host-drawn weights, so the bfloat16
+    outputs' norms agree exactly (on a CPU the layouts are row-major, and the conversions are
+    the same roundings done earlier)."""
+    norms = {}
+    for params in suite.FORWARD_PARAMS:
+        suite.main(
+            ["--smoke", "--models", "ddpmpp_vp", "--dtypes", "bfloat16", "--benches", "forward"]
+            + ["--init", "numpy", "--forward-params", params]
+        )
+        (rec,) = _records(capsys.readouterr().out)
+        assert rec["forward_params"] == params and rec["finite"]
+        norms[params] = rec["output_l2"]
+    assert len(set(norms.values())) == 1, norms
+    with pytest.raises(ValueError, match="params must be one of"):
+        suite.build_forward(suite.load_config(suite.CONFIGS["ddpmpp_vp"] + ":smoke"), "float32", 2,
+                            params="bf16")  # fmt: skip
+
+
 def test_numpy_init_draws_the_documented_distributions():
     shapes = {
         "Conv_0": {"kernel": jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.float32)},
