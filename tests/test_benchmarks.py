@@ -104,6 +104,23 @@ def test_suite_forward_params_variants_compute_the_same_scores(capsys):
                             params="bf16")  # fmt: skip
 
 
+def test_suite_pc_in_bfloat16_with_cast_parameters_draws_the_same_samples(capsys):
+    """``--pc-dtype bfloat16 --forward-params cast``: the sampler's network computes in
+    bfloat16 from parameters converted beforehand, the same function, so the same samples for
+    the same key (equal norms). NCSN++: its smoke samples stay finite over the smoke run's
+    steps (DDPM++'s random smoke network overflows)."""
+    norms = {}
+    for params in ("float32", "cast"):
+        suite.main(
+            ["--smoke", "--models", "ncsnpp_ve", "--benches", "pc", "--pc-dtype", "bfloat16"]
+            + ["--init", "numpy", "--forward-params", params]
+        )
+        (rec,) = _records(capsys.readouterr().out)
+        assert (rec["dtype"], rec["forward_params"]) == ("bfloat16", params)
+        norms[params] = rec["sample_l2"]
+    assert norms["cast"] == norms["float32"] and np.isfinite(norms["cast"])
+
+
 def test_numpy_init_draws_the_documented_distributions():
     shapes = {
         "Conv_0": {"kernel": jax.ShapeDtypeStruct((3, 3, 64, 128), jnp.float32)},

@@ -17,7 +17,9 @@ from scoresde.models import cast_to_compute_dtype
 def test_only_leaves_converted_to_one_dtype_and_nothing_else_are_cast():
     """A leaf converted to one dtype and used no other way is cast; a leaf also used as it is,
     converted to two dtypes, returned, or unused keeps its dtype."""
-    p = {name: jnp.full((3,), 1.0 + 2.0**-12) for name in ("once", "also_raw", "two", "out", "none")}
+    p = {
+        name: jnp.full((3,), 1.0 + 2.0**-12) for name in ("once", "also_raw", "two", "out", "none")
+    }
 
     def fn(p, x):
         y = x * p["once"].astype(jnp.bfloat16).astype(jnp.float32)

@@ -545,10 +545,20 @@ def init_network(config, init: str = "jit"):
 
 
 def bench_pc(name, config, args, out):
+    """The PC sampler, in ``--pc-dtype``; with ``--forward-params cast`` the parameters are
+    converted beforehand as in the forward bench (``cast_auto_layout`` is not offered here)."""
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
-    model, variables = init_network(config, args.init)
+    base, variables = init_network(config, args.init)
+    model = network_variant(base, args.pc_dtype, "auto")
     shape = (args.pc_batch, size, size, ch)
+    if args.forward_params == "cast_auto_layout":
+        raise ValueError("the pc bench takes --forward-params float32 or cast")
+    if args.forward_params == "cast":
+        x, t = jnp.zeros(shape), jnp.ones(shape[:1])
+        variables = sd.models.cast_to_compute_dtype(
+            lambda v, x, t: sd.get_score_fn(sde, model, v)(x, t), variables, x, t
+        )
 
     @jax.jit
     def run(variables, key):
@@ -570,6 +580,8 @@ def bench_pc(name, config, args, out):
     rec = {
         "bench": "pc",
         "model": name,
+        "dtype": args.pc_dtype,
+        "forward_params": args.forward_params,
         "batch": args.pc_batch,
         "num_steps": args.pc_steps,
         "nfe": int(nfe),
@@ -577,6 +589,7 @@ def bench_pc(name, config, args, out):
         "s_per_1000_steps": med * 1000 / args.pc_steps,
         "compile_plus_first_s": first,
         "finite": bool(jnp.all(jnp.isfinite(x))),
+        "sample_l2": float(jnp.linalg.norm(x)),  # equal across processes for equal samples
     }
     emit(rec, out)
     return [rec]
@@ -679,6 +692,7 @@ def main(argv=None) -> None:
     p.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--pc-batch", type=int, default=None)
+    p.add_argument("--pc-dtype", default="float32", help="pc: the network's compute dtype")
     p.add_argument("--pc-steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=378.0, help="TF32 dense H100, measured")
