@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import scoresde as sd
+import scoresde.models.attention as attention_module
 import scoresde.models.group_norm as gn_module
 import scoresde.models.layers as layers_module
 import scoresde.models.up_or_down_sampling as fir_module
@@ -107,6 +108,7 @@ def emit(record: dict, out) -> None:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "shift_after_barrier": gn_module.SHIFT_AFTER_BARRIER,
         "shift_in_kernel": gn_module.SHIFT_IN_KERNEL,
+        "fused_attention_at_inference": attention_module.FUSED_AT_INFERENCE,
         "fir_upsample": fir_module._upfirdn2d_polyphase.__name__,
         "materialize_before_downsampling": layers_module.MATERIALIZE_BEFORE_DOWNSAMPLING,
         **record,
@@ -737,6 +739,12 @@ def main(argv=None) -> None:
         "picks for the program (cast_auto_layout)",
     )
     p.add_argument(
+        "--xla-attention",
+        action="store_true",
+        help="at inference in bfloat16 on a GPU, XLA's attention instead of cuDNN's fused "
+        "kernel (scoresde.models.attention.FUSED_AT_INFERENCE = False)",
+    )
+    p.add_argument(
         "--shift-outside-kernel",
         action="store_true",
         help="at inference, the GroupNorm kernel's input is x + shift added by XLA before it "
@@ -761,6 +769,7 @@ def main(argv=None) -> None:
     if args.shift_in_convolution:
         gn_module.SHIFT_AFTER_BARRIER = False
     gn_module.SHIFT_IN_KERNEL = not args.shift_outside_kernel
+    attention_module.FUSED_AT_INFERENCE = not args.xla_attention
     import fir_bench
 
     fir_bench.use_upsample_interleave(args.fir_upsample)

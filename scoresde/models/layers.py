@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from scoresde.models import up_or_down_sampling as fir_ops
+from scoresde.models.attention import attention
 from scoresde.models.barrier import forward_barrier
 from scoresde.models.group_norm import GroupNorm, Impl
 from scoresde.models.initializers import default_init
@@ -228,7 +229,8 @@ class AttnBlockpp(nn.Module):
 
     ``q, k, v = NIN_0/1/2(GroupNorm_0(x))``; :math:`A = \mathrm{softmax}(q k^\top / \sqrt C)`
     over the :math:`HW` key positions; ``out = x + NIN_3(A v)``, divided by :math:`\sqrt 2`
-    when ``skip_rescale``.
+    when ``skip_rescale``. At inference in bfloat16 on a CUDA GPU, :math:`A v` is cuDNN's
+    fused attention (:func:`~scoresde.models.attention.attention`).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -251,7 +253,7 @@ class AttnBlockpp(nn.Module):
         k = NIN(c, dtype=self.dtype, name="NIN_1")(h)
         v = NIN(c, dtype=self.dtype, name="NIN_2")(h)
         shape = (b, height * width, 1, c)  # (batch, positions, heads=1, channels)
-        h = jax.nn.dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape))
+        h = attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), train=train)
         h = NIN(c, init_scale=self.init_scale, dtype=self.dtype, name="NIN_3")(
             h.reshape(b, height, width, c)
         )
