@@ -76,6 +76,10 @@ def test_fused_path_derivatives_are_xla_attention_derivatives():
     def loss(f):
         return lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) ** 2)
 
+    # per-example forward mode, as the likelihood's vmapped solves run it
+    per_example = jax.vmap(lambda *a: jax.jvp(attention, a[:3], a[3:])[1])(q, k, v, *tangents)
+    np.testing.assert_allclose(np.float32(per_example), np.float32(want), rtol=1e-3, atol=1e-3)
+
     got = jax.grad(loss(attention), (0, 1, 2))(q, k, v)
     want = jax.grad(loss(plain), (0, 1, 2))(q, k, v)
     for g, w in zip(got, want, strict=True):
