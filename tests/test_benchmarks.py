@@ -104,6 +104,7 @@ def test_suite_forward_params_variants_compute_the_same_scores(capsys):
                             params="bf16")  # fmt: skip
 
 
+@pytest.mark.slow  # 30 s here; cast_to_compute_dtype's exactness has fast tests of its own
 def test_suite_pc_in_bfloat16_with_cast_parameters_draws_the_same_samples(capsys):
     """``--pc-dtype bfloat16 --forward-params cast``: the sampler's network computes in
     bfloat16 from parameters converted beforehand, the same function, so the same samples for
