@@ -460,7 +460,6 @@ def bench_train(name, config, args, out):
             "model": name,
             "dtype": dtype_name,
             "group_norm_impl": gn,
-            "forward_params": args.forward_params,
             "init": args.init,
             "batch": batch,
             "devices": devices,
@@ -549,13 +548,13 @@ def init_network(config, init: str = "jit"):
 def bench_pc(name, config, args, out):
     """The PC sampler, in ``--pc-dtype``; with ``--forward-params cast`` the parameters are
     converted beforehand as in the forward bench (``cast_auto_layout`` is not offered here)."""
+    if args.forward_params == "cast_auto_layout":
+        raise ValueError("the pc bench takes --forward-params float32 or cast")
     sde = sde_from_model_config(config)
     size, ch = int(config.data.image_size), int(config.data.num_channels)
     base, variables = init_network(config, args.init)
     model = network_variant(base, args.pc_dtype, "auto")
     shape = (args.pc_batch, size, size, ch)
-    if args.forward_params == "cast_auto_layout":
-        raise ValueError("the pc bench takes --forward-params float32 or cast")
     if args.forward_params == "cast":
         x, t = jnp.zeros(shape), jnp.ones(shape[:1])
         variables = sd.models.cast_to_compute_dtype(
@@ -734,9 +733,9 @@ def main(argv=None) -> None:
         "--forward-params",
         default="float32",
         choices=FORWARD_PARAMS,
-        help="forward: the parameters as trained (float32), converted beforehand where the "
-        "network only converts them to its compute dtype (cast), and also in the layouts XLA "
-        "picks for the program (cast_auto_layout)",
+        help="forward and pc: the parameters as trained (float32), converted beforehand where "
+        "the network only converts them to its compute dtype (cast), and (forward only) also "
+        "in the layouts XLA picks for the program (cast_auto_layout)",
     )
     p.add_argument(
         "--xla-attention",
