@@ -9,7 +9,9 @@ a CUDA GPU (decided at trace time, as :func:`~scoresde.models.group_norm.group_n
 of at most 256 on Hopper, 128 before), and XLA's computation otherwise. ``train=True`` keeps
 XLA's, so the training step's program is unchanged. JAX gives the fused kernel a custom VJP
 only; here it carries a custom JVP whose tangent is XLA's formula, so forward mode (the
-likelihood's ``jax.jvp`` through the network) and reverse mode both work.
+likelihood's ``jax.jvp`` through the network) and reverse mode both work. A bfloat16 program
+traced where the default backend is a CUDA GPU but run elsewhere (the host's CPU devices, or
+exported for other platforms) needs :data:`FUSED_AT_INFERENCE` set to ``False`` while tracing.
 """
 
 from __future__ import annotations
