@@ -286,17 +286,19 @@ def pallas_operand_counts(fn, *args) -> list[int]:
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_kernel_adds_the_shift_as_it_reads_x_at_inference(np_rng, monkeypatch, dtype):
+@pytest.mark.parametrize("tiling", [{}, dict(tile_elements=128, channel_block=8)])
+def test_kernel_adds_the_shift_as_it_reads_x_at_inference(np_rng, monkeypatch, dtype, tiling):
     """With ``train=False`` the kernel takes ``shift`` as a fourth operand and adds it to each
     pixel in float32 as it loads ``x``: no ``x + shift`` exists outside it for XLA to fold into
     a convolution. ``train=True`` (the training program) and ``SHIFT_IN_KERNEL = False`` keep
     the add before a three-operand kernel. The value is the kernel's normalization of
     ``x + shift`` formed in float32: equal to float32 rounding (the same kernel arithmetic on
-    the same float32 sums), and to one rounding of the output for bfloat16 outputs."""
+    the same float32 sums), and to one rounding of the output for bfloat16 outputs. Tilings:
+    one chunk per program; several chunks and channel blocks (the shifted-sum loop)."""
     x, scale, bias = inputs(np_rng, (2, 8, 8, 16))
     x = x.astype(dtype)
     t = jnp.asarray(np_rng.standard_normal((2, 16)), dtype)
-    kw = dict(num_groups=4, silu=True, impl="pallas", interpret=True)
+    kw = dict(num_groups=4, silu=True, impl="pallas", interpret=True, **tiling)
 
     def shifted(x, t, train=False):
         return group_norm(x, scale, bias, shift=t, train=train, **kw)
