@@ -61,9 +61,10 @@ def test_fused_kernel_only_at_inference_in_half_precision(monkeypatch):
 
 @pytest.mark.usefixtures("on_cuda_with_xla_kernel")
 def test_fused_path_derivatives_are_xla_attention_derivatives():
-    """The custom JVP's tangent is XLA's formula, and reverse mode transposes it: with XLA's
-    computation as the kernel, value, jvp and gradient equal ``jax.nn.dot_product_attention``'s
-    (float16 inputs, compared in float32 to float16 rounding of the outputs, ~1e-3)."""
+    """Differentiated, the fused path is XLA's computation (the custom JVP), and reverse mode
+    transposes it: value, jvp and gradient equal ``jax.nn.dot_product_attention``'s (float16
+    inputs, compared in float32 to float16 rounding of the outputs, ~1e-3). Under ``jax.jvp``
+    the fused kernel does not run at all (it would compute the attention a second time)."""
     q, k, v = qkv(jnp.float16)
     tangents = qkv(jnp.float16, q.shape)[::-1]
     plain = jax.nn.dot_product_attention
@@ -71,6 +72,14 @@ def test_fused_path_derivatives_are_xla_attention_derivatives():
     np.testing.assert_array_equal(attention(q, k, v), plain(q, k, v))
     got = jax.jvp(attention, (q, k, v), tangents)[1]
     want = jax.jvp(plain, (q, k, v), tangents)[1]
+    calls = []
+    monkey_kernel = lambda *a: calls.append(1) or attention_module._xla_attention(*a)  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attention_module, "_cudnn_attention", monkey_kernel)
+        jax.make_jaxpr(lambda *a: jax.jvp(attention, a, tangents))(q, k, v)
+        assert calls == []
+        jax.make_jaxpr(lambda *a: attention(*a))(q, k, v)
+        assert calls == [1]
     np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-3, atol=1e-3)
 
     def loss(f):

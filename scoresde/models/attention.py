@@ -8,8 +8,9 @@ a CUDA GPU (decided at trace time, as :func:`~scoresde.models.group_norm.group_n
 ``auto``), for bfloat16 or float16 inputs of a shape cuDNN covers (JAX checks it: a head dim
 of at most 256 on Hopper, 128 before), and XLA's computation otherwise. ``train=True`` keeps
 XLA's, so the training step's program is unchanged. JAX gives the fused kernel a custom VJP
-only; here it carries a custom JVP whose tangent is XLA's formula, so forward mode (the
-likelihood's ``jax.jvp`` through the network) and reverse mode both work. A bfloat16 program
+only; here it carries a custom JVP that differentiates XLA's computation (value and tangent:
+the tangent needs XLA's softmax anyway), so forward mode (the likelihood's ``jax.jvp`` through
+the network) and reverse mode both work, through XLA's attention. A bfloat16 program
 traced where the default backend is a CUDA GPU but run elsewhere (the host's CPU devices, or
 exported for other platforms) needs :data:`FUSED_AT_INFERENCE` set to ``False`` while tracing.
 """
@@ -44,7 +45,9 @@ def _fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 @_fused_attention.defjvp
 def _fused_attention_jvp(primals, tangents):
-    return _fused_attention(*primals), jax.jvp(_xla_attention, primals, tangents)[1]
+    # The tangent needs XLA's softmax probabilities, so XLA's computation gives the value too
+    # (running the fused kernel as well would compute the attention twice).
+    return jax.jvp(_xla_attention, primals, tangents)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, train: bool = False) -> jax.Array:
