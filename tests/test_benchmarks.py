@@ -254,6 +254,21 @@ def test_profile_step_smoke_attributes_the_time(capsys, tmp_path):
     assert len(list(tmp_path.glob("*.xplane.pb.gz"))) == 1
 
 
+def test_between_calls_splits_the_device_idle_time_by_dispatch_stage():
+    """Two calls: kernels end at 10 ms; the next call starts at 10.2, reaches PJRT at 11.0,
+    launches its graph at 11.5, and its first kernel starts at 11.6 (times in ns). A host
+    event before the gap (the first call's own) is not counted."""
+    ms = 1e6
+    kernels = [(0.5 * ms, 10.0 * ms), (11.6 * ms, 20.0 * ms)]
+    host = [("PjitFunction(jit(f))", 0.0), ("PJRT_LoadedExecutable_Execute", 0.2 * ms),
+            ("cuGraphLaunch (CudaGraph:1)", 0.4 * ms),
+            ("PjitFunction(jit(f))", 10.2 * ms), ("PjitFunction(jit(f))", 10.21 * ms),
+            ("PJRT_LoadedExecutable_Execute", 11.0 * ms),
+            ("cuGraphLaunch (CudaGraph:1)", 11.5 * ms)]  # fmt: skip
+    stages = profile_step.between_calls(kernels, host)
+    assert list(stages.values()) == pytest.approx([0.2, 0.8, 0.5, 0.1])
+
+
 def test_hlo_index_reads_kinds_and_sources():
     hlo = (
         '  %fusion.3 = f32[2]{0} fusion(%p), kind=kLoop, calls=%c, metadata={op_name="a/b/GroupNorm_0/add"}\n'

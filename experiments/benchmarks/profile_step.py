@@ -269,6 +269,73 @@ def host_summary(xplane_path: str, index: dict, steps: int) -> None:
         print(f"| {label} | | {dur / steps / 1e6:.2f} |")
 
 
+#: Host events that mark the stages of a call's dispatch (on the calling thread), in order.
+DISPATCH_STAGES = (
+    ("call", "PjitFunction("),
+    ("PJRT Execute", "PJRT_LoadedExecutable_Execute"),
+    ("launch", "cuGraphLaunch"),
+)
+
+
+def between_calls(kernels: list[tuple[float, float]], host: list[tuple[str, float]]) -> dict:
+    """Mean ms of each stage between one call's last kernel and the next call's first.
+
+    ``kernels``: (start, end) ns of the device's kernels; ``host``: (name, start ns) of the
+    calling thread's events. For each call after the first (the first
+    :data:`DISPATCH_STAGES` event of its kind after the previous call's kernels end), the
+    stages are: the previous kernel's end -> the call -> PJRT's ``Execute`` -> the CUDA
+    graph's launch -> the first kernel after it. Calls missing a stage are skipped.
+    """
+    kernels = sorted(kernels)
+    marks = {label: sorted(t for n, t in host if n.startswith(prefix))
+             for label, prefix in DISPATCH_STAGES}  # fmt: skip
+    sums, n = collections.Counter(), 0
+    ends = [e for _, e in kernels]
+    for launch in marks["launch"]:
+        before = [e for e in ends if e <= launch]
+        after = [s for s, _ in kernels if s >= launch]
+        if not before or not after:
+            continue
+        prev_end = max(before)
+        times = [prev_end]
+        for label, _ in DISPATCH_STAGES:
+            later = [t for t in marks[label] if times[-1] <= t <= launch]
+            if not later:
+                break
+            times.append(min(later))
+        else:
+            times.append(min(after))
+            labels = ["wait returns, next call starts", "call -> PJRT Execute",
+                      "PJRT Execute -> CUDA graph launch", "launch -> first kernel"]  # fmt: skip
+            for label, a, b in zip(labels, times[:-1], times[1:], strict=True):
+                sums[label] += (b - a) / 1e6
+            n += 1
+    return {label: total / n for label, total in sums.items()} if n else {}
+
+
+def gap_summary(xplane_path: str) -> None:
+    """Prints :func:`between_calls` for a saved GPU trace (where the device idles between
+    calls that are each waited for)."""
+    from jax._src.lib import _profile_data
+
+    data = _profile_data.ProfileData.from_file(xplane_path)
+    kernels, host = [], []
+    for plane in data.planes:
+        for line in plane.lines:
+            for e in line.events:
+                if plane.name.startswith("/device:"):
+                    kernels.append((float(e.start_ns), float(e.start_ns + e.duration_ns)))
+                elif line.name == "python3" or line.name.startswith("python"):
+                    host.append((e.name, float(e.start_ns)))
+    stages = between_calls(kernels, host)
+    if not stages:
+        return
+    print("\n| between two waited-for calls | ms (mean) |\n|---|---|")
+    for label, ms in stages.items():
+        print(f"| {label} | {ms:.2f} |")
+    print(f"| total device idle | {sum(stages.values()):.2f} |")
+
+
 def compile_summary(xplane_path: str, top: int) -> None:
     """Prints, per compiler thread pool, the events of a traced compilation with the most self
     time (:func:`compile_bench.summarise_trace`: each event less its nested children)."""
@@ -413,6 +480,7 @@ def main(argv=None) -> None:
             flops = forward_convolution_flops(text)
             summarize(events, index, args.steps, args.top, args.from_files[0], flops)
             host_summary(f.name, index, args.steps)
+            gap_summary(f.name)
         return
     args.batch = args.batch or (2 if args.smoke else 128)
     config = load_config(
@@ -449,6 +517,7 @@ def main(argv=None) -> None:
     flops = forward_convolution_flops(hlo_text)
     summarize(device_events(paths[0]), index, args.steps, args.top, tag, flops)
     host_summary(paths[0], index, args.steps)
+    gap_summary(paths[0])
 
 
 if __name__ == "__main__":
