@@ -12,6 +12,7 @@ e.g. ``.../ResnetBlockBigGANpp_3/GroupNorm_1/...``), so the tables say which lay
 - the ``--top`` most expensive instructions,
 - the host's dispatch time per call by thunk kind (CUDA-graph launches, cuDNN convolutions,
   single kernels, PJRT's buffer handling),
+- the device's idle time between two waited-for calls, by dispatch stage (GPU traces),
 - with ``--trace-compile``, the compiler's passes and autotuners that take the most time.
 
 The trace (``*.xplane.pb``, viewable in XProf/TensorBoard) and the optimized HLO are written
