@@ -22,6 +22,7 @@ Equations", ICLR 2021 (Adam, linear warm-up, gradient clipping, EMA as in its co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 from collections.abc import Callable, Mapping
@@ -131,7 +132,62 @@ def ema_update(ema_params: Any, params: Any, rate: float) -> Any:
       >>> sd.ema_update(jnp.zeros(2), jnp.ones(2), 0.9)
       Array([0.1, 0.1], dtype=float32)
     """
-    return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
+    return jax.tree.map(functools.partial(_average_leaf, rate=float(rate)), ema_params, params)
+
+
+# The per-leaf arithmetic of the update is jitted: the ~570 leaves of a network have only ~26
+# distinct shapes, and JAX traces and lowers a jitted function once per shape and reuses it for
+# the other calls (calls that XLA inlines before optimizing, so the compiled program is what the
+# inline arithmetic gave). This shortens the tracing and lowering every process pays before XLA
+# (or the compilation cache) sees the step; docs/benchmarks.md, thirteenth round.
+
+
+@functools.partial(jax.jit, static_argnames=("rate",))
+def _average_leaf(ema: jax.Array, param: jax.Array, *, rate: float) -> jax.Array:
+    return rate * ema + (1.0 - rate) * param
+
+
+@jax.jit
+def _apply_leaf(param: jax.Array, update: jax.Array) -> jax.Array:
+    # optax.apply_updates, for one leaf
+    return jnp.asarray(param + update).astype(jnp.asarray(param).dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("b1", "b2", "eps", "weight_decay", "lr"))
+def _adam_leaf(
+    g: jax.Array,
+    mu: jax.Array,
+    nu: jax.Array,
+    param: jax.Array | None,
+    clip_scale: jax.Array | None,
+    bc1: jax.Array,
+    bc2: jax.Array,
+    step_size: jax.Array | None,
+    *,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    lr: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One leaf of :func:`make_optimizer`'s update: ``(update, mu, nu)``.
+
+    Operation for operation what optax's chain (clip, ``scale_by_adam``,
+    ``add_decayed_weights``, ``scale_by_learning_rate``) does to the leaf, with the per-step
+    scalars (clip factor, bias corrections ``1 - b**t``, step size) computed once outside.
+    """
+    if clip_scale is not None:
+        g = (g * clip_scale).astype(g.dtype)
+    mu = (1 - b1) * (g**1) + b1 * mu
+    nu = (1 - b2) * (g**2) + b2 * nu
+    u = (mu / bc1.astype(mu.dtype)) / (jnp.sqrt(nu / bc2.astype(nu.dtype) + 0.0) + eps)
+    if weight_decay > 0:
+        u = u + weight_decay * param
+    if step_size is None:
+        u = (-1 * lr) * u
+    else:
+        u = jnp.array(step_size, dtype=u.dtype) * u
+    return u, mu, nu
 
 
 def make_optimizer(
@@ -185,6 +241,54 @@ def make_optimizer(
     if not (isinstance(weight_decay, int | float) and weight_decay >= 0):
         raise ValueError(f"{where}: weight_decay must be >= 0, got weight_decay={weight_decay!r}.")
 
+    chain = _optax_chain(lr, beta1, beta2, eps, warmup, grad_clip, weight_decay)
+    schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else None
+    # positions of the chain's states: (clip,) adam, (decay,) learning rate
+    adam_at = 1 if grad_clip > 0 else 0
+    lr_at = adam_at + (2 if weight_decay > 0 else 1)
+    leaf_fn = functools.partial(
+        _adam_leaf, b1=beta1, b2=beta2, eps=eps, weight_decay=float(weight_decay), lr=float(lr)
+    )
+
+    def update(updates, state, params=None):
+        if weight_decay > 0 and params is None:
+            raise ValueError("make_optimizer: weight_decay > 0 needs params in update().")
+        state = list(state)
+        clip_scale = None
+        if grad_clip > 0:
+            norm = _global_norm(updates)
+            clip_scale = jnp.where(norm < grad_clip, 1.0, grad_clip / norm)
+        adam = state[adam_at]
+        count = _safe_increment(adam.count)
+        bc1, bc2 = _bias_correction(beta1, count), _bias_correction(beta2, count)
+        step_size = None
+        if schedule is not None:
+            step_size = -1 * schedule(state[lr_at].count)
+            state[lr_at] = state[lr_at]._replace(count=_safe_increment(state[lr_at].count))
+        treedef = jax.tree.structure(updates)
+        leaves = [treedef.flatten_up_to(t) for t in (updates, adam.mu, adam.nu)]
+        ps = treedef.flatten_up_to(params) if weight_decay > 0 else [None] * treedef.num_leaves
+        out = [
+            leaf_fn(g, m, v, p, clip_scale, bc1, bc2, step_size)
+            for g, m, v, p in zip(*leaves, ps, strict=True)
+        ]
+        new_updates, mu, nu = (treedef.unflatten([o[i] for o in out]) for i in range(3))
+        state[adam_at] = adam._replace(count=count, mu=mu, nu=nu)
+        return new_updates, tuple(state)
+
+    return optax.GradientTransformation(chain.init, update)
+
+
+def _optax_chain(
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    warmup: int,
+    grad_clip: float,
+    weight_decay: float,
+) -> optax.GradientTransformation:
+    """:func:`make_optimizer` as optax's chain: the state it keeps, and its update's reference."""
     schedule = optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
     transforms = []
     if grad_clip > 0:
@@ -194,6 +298,18 @@ def make_optimizer(
         transforms.append(optax.add_decayed_weights(weight_decay))
     transforms.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*transforms)
+
+
+@jax.jit
+def _bias_correction(decay: jax.Array, count: jax.Array) -> jax.Array:
+    r""":math:`1 - \beta^t`, traced as optax traces it (``decay`` an argument, not a constant)."""
+    return 1 - decay**count
+
+
+def _safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, held at the dtype's maximum (optax's ``safe_increment``)."""
+    top = jnp.array(jnp.iinfo(count.dtype).max, count.dtype)
+    return jnp.where(count < top, count + jnp.array(1, count.dtype), top)
 
 
 # --------------------------------------------------------------------------------------
@@ -332,10 +448,17 @@ def _host_value(x: jax.Array) -> np.ndarray:
 
 
 def _pmean_inexact(tree: Any) -> Any:
-    return jax.tree.map(
-        lambda v: jax.lax.pmean(v, DATA_AXIS) if jnp.issubdtype(v.dtype, jnp.inexact) else v,
-        tree,
-    )
+    """``lax.pmean`` over the devices of every floating leaf (others pass through).
+
+    One ``psum`` of all the leaves (one traced operation; it lowers to one all-reduce per leaf,
+    as ``pmean`` leaf by leaf did), then the division by the number of devices.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    at = [i for i, v in enumerate(leaves) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    n = jax.lax.axis_size(DATA_AXIS)
+    for i, total in zip(at, jax.lax.psum([leaves[i] for i in at], DATA_AXIS), strict=True):
+        leaves[i] = total / n
+    return treedef.unflatten(leaves)
 
 
 #: Leaves with fewer entries than this are concatenated into one vector for the global norm;
@@ -349,7 +472,9 @@ def _global_norm(tree: Any) -> jax.Array:
 
     A network has ~1,000 leaves, most of them biases and normalization scales of a few hundred
     entries: one reduction each would be ~1,000 tiny GPU kernels. The small leaves are
-    concatenated and reduced once; only the large ones get their own reduction.
+    concatenated and reduced once; only the large ones get their own reduction. (Left inline,
+    unlike the update's per-leaf functions: behind a call, XLA:CPU's optimized program reduced
+    the large leaves differently, where the per-leaf functions leave it unchanged.)
     """
     leaves = jax.tree.leaves(tree)
     if not leaves:
@@ -493,7 +618,7 @@ def make_train_step(
         (loss, model_state), grads = grad_fn(state.params, state.model_state, batch, keys)
         loss, grads, model_state = _pmean_inexact((loss, grads, model_state))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = jax.tree.map(_apply_leaf, state.params, updates)  # optax.apply_updates
         new_state = state.replace(
             step=state.step + 1,
             params=params,
