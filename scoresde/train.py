@@ -207,6 +207,12 @@ def make_optimizer(
     ``weight_decay > 0`` adds :math:`\lambda\theta` to the Adam update before scaling by
     the learning rate (as the reference's flax Adam did; optax's AdamW).
 
+    The update is optax's chain (``clip_by_global_norm``, ``scale_by_adam``,
+    ``add_decayed_weights``, ``scale_by_learning_rate``) operation for operation, with the chain's
+    state, so it is equal to the chain bit for bit inside a jitted program. Its per-leaf
+    arithmetic is one jitted function, traced once per distinct leaf shape rather than once per
+    leaf, which shortens the tracing of a train step (a network's ~570 leaves have ~26 shapes).
+
     Args:
       lr: peak learning rate.
       beta1: Adam's :math:`\beta_1`.
