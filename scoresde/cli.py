@@ -412,6 +412,24 @@ class Setup:
     def is_image(self) -> bool:
         return len(self.data_shape) == 3
 
+    def inference_variables(self, variables: dict) -> dict:
+        """``variables`` prepared for the score function: a network that computes in a lower
+        dtype than its float32 parameters (``model.dtype=bfloat16``) gets each weight it only
+        converts converted once, here (:func:`scoresde.models.cast_to_compute_dtype`: the same
+        scores, bit for bit, without a conversion in every network call of a sampler or a
+        likelihood solve). A float32 network's ``variables`` come back as they are.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        from scoresde.models import cast_to_compute_dtype
+
+        if jnp.dtype(getattr(self.model, "dtype", jnp.float32)) == jnp.float32:
+            return variables
+        x = jax.ShapeDtypeStruct((1, *self.data_shape), jnp.float32)
+        t = jax.ShapeDtypeStruct((1,), jnp.float32)
+        return cast_to_compute_dtype(lambda v, x, t: self.make_score(v)(x, t), variables, x, t)
+
     def key(self, purpose: int):
         """The run's key for one purpose (0: init, 1: training, 2: sampling, 3: eval loss)."""
         import jax
@@ -510,7 +528,7 @@ def draw_samples(setup: Setup, variables: dict, key, num: int, batch_size: int) 
 
     from scoresde.sampling import sample_sharded
 
-    score_fn = setup.make_score(variables)
+    score_fn = setup.make_score(setup.inference_variables(variables))
     n_dev = jax.local_device_count()
     out = []
     for i in range(math.ceil(num / batch_size)):
@@ -564,7 +582,7 @@ def dataset_bits_per_dim(
 
     return evaluate_bits_per_dim(
         setup.sde,
-        setup.make_score(variables),
+        setup.make_score(setup.inference_variables(variables)),
         get_images,
         num_examples=len(source),
         batch_size=int(field(setup.config, "eval.batch_size")),

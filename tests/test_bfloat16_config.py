@@ -72,3 +72,38 @@ def test_bfloat16_compute_trains_like_float32():
     rel = np.abs(losses16 - losses32) / losses32
     assert 1e-6 < np.max(rel) < 1e-2, (losses32, losses16)
     assert np.ptp(losses32) > 50 * np.max(np.abs(losses16 - losses32)), (losses32, losses16)
+
+
+def test_inference_variables_convert_bfloat16_weights_once_and_sample_alike(tmp_path, monkeypatch):
+    """``sample`` and the bits/dim of ``eval`` and ``likelihood`` give the score function the
+    weights of a bfloat16 network converted once (Setup.inference_variables): its kernels become
+    bfloat16, its GroupNorm scales and biases (used in float32) stay float32, and the samples
+    are those of the float32 weights bit for bit (converting twice is converting once)."""
+    from scoresde.cli import Setup, _to_data_space, draw_samples
+
+    overrides = ["model.init_scale=1.0", "model.num_scales=5", "model.beta_max=4.0"]
+    setup = Setup.build(load_config(DDPMPP_SMOKE, [*overrides, "model.dtype=bfloat16"]), tmp_path)
+    variables = init_variables(setup.model, jax.random.key(0), setup.data_shape)
+    prepared = setup.inference_variables(variables)
+    flat = dict(jax.tree_util.tree_flatten_with_path(prepared)[0])
+    dtypes = {jax.tree_util.keystr(k): v.dtype for k, v in flat.items()}
+    kernels = [d for k, d in dtypes.items() if k.endswith("['kernel']")]
+    norms = [d for k, d in dtypes.items() if "GroupNorm" in k]
+    assert kernels and all(d == jnp.bfloat16 for d in kernels)
+    assert norms and all(d == jnp.float32 for d in norms)
+
+    seen = []  # the weights draw_samples hands to the score function (the last call)
+    make_score = setup.make_score
+    monkeypatch.setattr(setup, "make_score", lambda v: seen.append(v) or make_score(v))
+    key = jax.random.key(3)
+    got = draw_samples(setup, variables, key, num=2, batch_size=2)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: a.dtype == b.dtype, seen[-1], prepared)))
+    monkeypatch.undo()
+    shape = (2, *setup.data_shape)
+    x, _ = setup.sampler(jax.random.fold_in(key, 0), setup.sde, setup.make_score(variables), shape)
+    want = _to_data_space(setup, np.asarray(x))
+    assert np.array_equal(got, want)
+    assert np.ptp(want) > 0.1  # real samples, not a constant
+
+    f32 = Setup.build(load_config(DDPMPP_SMOKE, overrides), tmp_path)
+    assert f32.inference_variables(variables) is variables
