@@ -2,9 +2,12 @@ r"""Where the train step's compile time goes: the network's gradient against the
 
 The cold compile of the NCSN++ float32 train step is ~70 s on an H200 at one step per call,
 ~11 s of it autotuning (``docs/benchmarks.md``, fifth round). Of the ~36,000 non-trivial
-instructions of the lowered step, ~22,000 act on parameter-shaped tensors: the gradient
+instructions of the lowered step, ~22,000 acted on parameter-shaped tensors: the gradient
 norm, clipping, Adam, the learning rate, the update and the EMA, one set per each of ~560
-leaves. This script compiles, one after another in one process (one step per call, one device):
+leaves. (Since the thirteenth round the lowered step holds Adam, the update and the EMA once
+per distinct leaf shape, called per leaf; XLA inlines the calls, so the optimized program is
+as before.) This script compiles, one after another in one process (one step per call, one
+device):
 
 - ``warmup``: the gradient of half the loss, to fill XLA's in-memory autotune results, so that
   the measured compiles below share them and none of them pays the convolutions' autotuning;
