@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -278,7 +279,7 @@ def pallas_operand_counts(fn, *args) -> list[int]:
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "pallas_call":
                 counts.append(len(eqn.invars))
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jax.make_jaxpr(fn)(*args).jaxpr)
