@@ -132,7 +132,9 @@ def ema_update(ema_params: Any, params: Any, rate: float) -> Any:
       >>> sd.ema_update(jnp.zeros(2), jnp.ones(2), 0.9)
       Array([0.1, 0.1], dtype=float32)
     """
-    return jax.tree.map(functools.partial(_average_leaf, rate=float(rate)), ema_params, params)
+    if isinstance(rate, int | float):  # a constant: the jitted per-leaf function below
+        return jax.tree.map(functools.partial(_average_leaf, rate=float(rate)), ema_params, params)
+    return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema_params, params)
 
 
 # The per-leaf arithmetic of the update is jitted: the ~570 leaves of a network have only ~26
@@ -624,7 +626,12 @@ def make_train_step(
         (loss, model_state), grads = grad_fn(state.params, state.model_state, batch, keys)
         loss, grads, model_state = _pmean_inexact((loss, grads, model_state))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(_apply_leaf, state.params, updates)  # optax.apply_updates
+        params = jax.tree.map(  # optax.apply_updates, None leaves included
+            lambda p, u: None if p is None else _apply_leaf(p, u),
+            state.params,
+            updates,
+            is_leaf=lambda x: x is None,
+        )
         new_state = state.replace(
             step=state.step + 1,
             params=params,

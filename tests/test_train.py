@@ -99,6 +99,9 @@ def test_ema_update_is_the_reference_average():
     ema = {"w": jnp.array([1.0, 2.0])}
     new = sd.ema_update(ema, {"w": jnp.array([3.0, 6.0])}, 0.75)
     np.testing.assert_allclose(new["w"], [1.5, 3.0])
+    # a rate that is an array, traced under jit, takes the same average
+    traced = jax.jit(sd.ema_update)(ema, {"w": jnp.array([3.0, 6.0])}, jnp.float32(0.75))
+    np.testing.assert_allclose(traced["w"], [1.5, 3.0])
 
 
 @pytest.mark.parametrize(
