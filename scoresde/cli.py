@@ -418,6 +418,19 @@ class Setup:
         converts converted once, here (:func:`scoresde.models.cast_to_compute_dtype`: the same
         scores, bit for bit, without a conversion in every network call of a sampler or a
         likelihood solve). A float32 network's ``variables`` come back as they are.
+
+        Example:
+          >>> import pathlib, jax, jax.numpy as jnp, scoresde
+          >>> from scoresde.config_loading import load_config
+          >>> from scoresde.experiment import abstract_variables
+          >>> repo = pathlib.Path(scoresde.__file__).parents[1]
+          >>> spec = f"{repo}/experiments/configs/vp/cifar10_ddpmpp_continuous.py:smoke"
+          >>> setup = Setup.build(load_config(spec, ["model.dtype=bfloat16"]), "/tmp/run")
+          >>> shapes = abstract_variables(setup.model, setup.data_shape)
+          >>> variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+          >>> prepared = setup.inference_variables(variables)
+          >>> prepared["params"]["all_modules_1"]["kernel"].dtype
+          dtype(bfloat16)
         """
         import jax
         import jax.numpy as jnp

@@ -267,12 +267,12 @@ def make_optimizer(
             norm = _global_norm(updates)
             clip_scale = jnp.where(norm < grad_clip, 1.0, grad_clip / norm)
         adam = state[adam_at]
-        count = _safe_increment(adam.count)
+        count = optax.safe_increment(adam.count)
         bc1, bc2 = _bias_correction(beta1, count), _bias_correction(beta2, count)
         step_size = None
         if schedule is not None:
             step_size = -1 * schedule(state[lr_at].count)
-            state[lr_at] = state[lr_at]._replace(count=_safe_increment(state[lr_at].count))
+            state[lr_at] = state[lr_at]._replace(count=optax.safe_increment(state[lr_at].count))
         treedef = jax.tree.structure(updates)
         leaves = [treedef.flatten_up_to(t) for t in (updates, adam.mu, adam.nu)]
         ps = treedef.flatten_up_to(params) if weight_decay > 0 else [None] * treedef.num_leaves
@@ -312,12 +312,6 @@ def _optax_chain(
 def _bias_correction(decay: jax.Array, count: jax.Array) -> jax.Array:
     r""":math:`1 - \beta^t`, traced as optax traces it (``decay`` an argument, not a constant)."""
     return 1 - decay**count
-
-
-def _safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1``, held at the dtype's maximum (optax's ``safe_increment``)."""
-    top = jnp.array(jnp.iinfo(count.dtype).max, count.dtype)
-    return jnp.where(count < top, count + jnp.array(1, count.dtype), top)
 
 
 # --------------------------------------------------------------------------------------
