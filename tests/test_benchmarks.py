@@ -188,6 +188,33 @@ def test_compile_bench_counts_and_the_update_grows_per_leaf():
     assert compiled["step"] - compiled["sgd_step"] >= 30 * leaves
 
 
+def test_compile_bench_signature_tells_programs_apart(tmp_path):
+    """The optimized-program signature: a program compared with its own is the same, one with
+    an extra operation is not; it counts every instruction once; the lowered-program counters
+    of a known convolution program."""
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    g = jax.jit(lambda x: jnp.tanh(x @ x.T).sum() * 2.0)
+    x = jnp.ones((8, 8))
+    sig = str(tmp_path / "sig.json")
+    compile_bench.compile_row("f", f, (x,), signature_out=sig)
+    assert compile_bench.compile_row("f", f, (x,), compare_signature=sig)["same_optimized_program"]
+    assert not compile_bench.compile_row("g", g, (x,), compare_signature=sig)[
+        "same_optimized_program"
+    ]
+    hlo = f.lower(x).compile().as_text()
+    assert sum(compile_bench.optimized_signature(hlo).values()) == (
+        compile_bench.count_hlo_instructions(hlo)
+    )
+
+    def conv(x, w):
+        return jax.lax.conv(x, w, (1, 1), "SAME")
+
+    two = jax.jit(lambda x, w: conv(conv(x, w), w) + conv(x, w[:, :, :1]))
+    text = two.lower(jnp.ones((1, 2, 4, 4)), jnp.ones((2, 2, 3, 3))).as_text()
+    assert text.count("stablehlo.convolution") == 3
+    assert compile_bench.distinct_convolutions(text) == 2
+
+
 def test_compile_bench_trace_summary_adds_up(tmp_path):
     """The trace summary of a real compile: per pool, the self times of all events add up to
     the threads' busy time (each event's duration is counted once, as its own time or as its

@@ -41,6 +41,14 @@ tracing as on a CUDA GPU): the Python side of every process start, which the com
 cache does not save, measured on a CPU::
 
     PYTHONPATH=. python experiments/benchmarks/compile_bench.py --programs step --lower-for cuda
+
+Whether two trees compile the step to the same optimized program (instruction counts by shape
+and opcode; on a CPU, batch 8), the second run naming the first's file::
+
+    PYTHONPATH=. python experiments/benchmarks/compile_bench.py --programs step --batch 8 \
+        --signature-out before.json
+    PYTHONPATH=. python experiments/benchmarks/compile_bench.py --programs step --batch 8 \
+        --compare-signature before.json
 """
 
 from __future__ import annotations
@@ -92,6 +100,40 @@ def count_stablehlo_operations(mlir_text: str) -> int:
       1
     """
     return len(_MLIR_OPERATION.findall(mlir_text))
+
+
+def distinct_convolutions(mlir_text: str) -> int:
+    """Convolutions of a StableHLO module's text that differ in more than their value names
+    (shapes, dimension numbers, windows): what XLA's autotuner tunes once each.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> conv = lambda x, w: jax.lax.conv(x, w, (1, 1), "SAME")
+      >>> f = lambda x, w: conv(conv(x, w), w) + conv(x, w[:, :, :1])
+      >>> x, w = jnp.ones((1, 2, 4, 4)), jnp.ones((2, 2, 3, 3))
+      >>> distinct_convolutions(jax.jit(f).lower(x, w).as_text())
+      2
+    """
+    ops = re.findall(r"stablehlo\.convolution\(.*", mlir_text)
+    return len({re.sub(r"%[\w#]+|loc\(.*\)", "", op) for op in ops})
+
+
+def optimized_signature(hlo_text: str) -> dict[str, int]:
+    """``{"<shape> <opcode>": count}`` of an optimized HLO module's instructions: equal for
+    two programs that differ only in instruction names and order.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> hlo = jax.jit(lambda x: -(x * 2.0)).lower(jnp.ones(3)).compile().as_text()
+      >>> sum(optimized_signature(hlo).values()) == count_hlo_instructions(hlo)
+      True
+    """
+    counts: collections.Counter = collections.Counter()
+    for line in hlo_text.splitlines():
+        m = re.match(r"^\s*(?:ROOT )?\S+ = (\S+) ([\w-]+)\(", line)
+        if m:
+            counts[f"{m.group(1)} {m.group(2)}"] += 1
+    return dict(counts)
 
 
 def summarise_trace(
@@ -255,10 +297,19 @@ def lower_row(name: str, fn, args, platform: str) -> dict:
         "lower_s": lower_s,
         "stablehlo_ops": count_stablehlo_operations(text),
         "custom_calls": text.count("stablehlo.custom_call"),
+        "all_reduces": text.count("stablehlo.all_reduce"),
+        "distinct_convolutions": distinct_convolutions(text),
     }
 
 
-def compile_row(name: str, fn, args, profile_dir: str | None = None) -> dict:
+def compile_row(
+    name: str,
+    fn,
+    args,
+    profile_dir: str | None = None,
+    signature_out: str | None = None,
+    compare_signature: str | None = None,
+) -> dict:
     t0 = time.perf_counter()
     lowered = fn.lower(*args)
     lower_s = time.perf_counter() - t0
@@ -282,6 +333,19 @@ def compile_row(name: str, fn, args, profile_dir: str | None = None) -> dict:
         "stablehlo_ops": count_stablehlo_operations(lowered.as_text()),
         "optimized_hlo_instructions": count_hlo_instructions(compiled.as_text()),
     }
+    if signature_out or compare_signature:
+        signature = optimized_signature(compiled.as_text())
+        if signature_out:
+            with open(signature_out, "w") as f:
+                json.dump(signature, f, sort_keys=True)
+        if compare_signature:
+            with open(compare_signature) as f:
+                other = json.load(f)
+            row["same_optimized_program"] = signature == other
+            row["reduce_windows"] = [
+                sum(v for k, v in sig.items() if k.endswith(" reduce-window"))
+                for sig in (other, signature)
+            ]
     if trace_dir:
         (path,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
         row["profile"] = summarise_trace(path)
@@ -310,6 +374,17 @@ def main(argv=None) -> None:
         choices=("cuda", "rocm", "cpu", "tpu"),
         help="only trace and lower, for this platform (works on any machine); with cuda, "
         "GroupNorm 'auto' traces as on a CUDA machine",
+    )
+    p.add_argument(
+        "--signature-out",
+        default=None,
+        help="write the optimized program's instruction counts by shape and opcode (JSON; "
+        "with several --programs, the last one's)",
+    )
+    p.add_argument(
+        "--compare-signature",
+        default=None,
+        help="a --signature-out file: the row says whether the optimized program is the same",
     )
     p.add_argument(
         "--train-compiler-options",
@@ -346,7 +421,14 @@ def main(argv=None) -> None:
             if args.lower_for:
                 row = lower_row(name, fn, fn_args, args.lower_for)
             else:
-                row = compile_row(name, fn, fn_args, args.profile_dir)
+                row = compile_row(
+                    name,
+                    fn,
+                    fn_args,
+                    args.profile_dir,
+                    args.signature_out,
+                    args.compare_signature,
+                )
             emit({**common, **row}, out)
     finally:
         if out is not None:
